@@ -1,0 +1,371 @@
+//! Command-line flags, named as etcd's so scripts and operators can switch.
+//! Each flag can also be set as a `WITAN_*` environment variable. Validated
+//! once at start-up into [`Config`]; nothing else reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// The `witan` daemon's flags.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "witan",
+    version,
+    about = "A replicated key-value store that speaks the etcd v3 API"
+)]
+pub struct Flags {
+    /// Human-readable name of this member.
+    #[arg(long, env = "WITAN_NAME", default_value = "default")]
+    pub name: String,
+    /// Where this member keeps its data (default: `<name>.witan`).
+    #[arg(long, env = "WITAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to serve clients on (comma separated).
+    #[arg(
+        long,
+        env = "WITAN_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Client URLs this member advertises to the cluster.
+    #[arg(
+        long,
+        env = "WITAN_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// URLs to serve peers on (comma separated).
+    #[arg(
+        long,
+        env = "WITAN_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// Peer URLs this member advertises to the cluster.
+    #[arg(
+        long,
+        env = "WITAN_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster: `name=peer-url,name=peer-url,...` (default: this member alone).
+    #[arg(long, env = "WITAN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join a running one.
+    #[arg(
+        long,
+        env = "WITAN_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
+    pub initial_cluster_state: ClusterState,
+    /// Token that makes cluster and member ids unique to this cluster.
+    #[arg(
+        long,
+        env = "WITAN_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Heartbeat interval in milliseconds.
+    #[arg(
+        long = "heartbeat-interval",
+        env = "WITAN_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout in milliseconds.
+    #[arg(
+        long = "election-timeout",
+        env = "WITAN_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub election_timeout_ms: u64,
+    /// Applied Raft entries between snapshots (then the log is purged).
+    #[arg(long, env = "WITAN_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Most operations in one txn.
+    #[arg(long, env = "WITAN_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Largest client request in bytes.
+    #[arg(long, env = "WITAN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Interval of watch progress notifications, e.g. `10m`, `5s`.
+    #[arg(
+        long = "watch-progress-notify-interval",
+        alias = "experimental-watch-progress-notify-interval",
+        env = "WITAN_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "WITAN_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration unit in {s:?} (use ms, s, m or h)"
+        )),
+    }
+}
+
+/// Validated configuration of one member.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// name -> peer URLs.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// A flag that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(bad(flag, "at least one URL is required"));
+    }
+    for url in &urls {
+        host_port(url).map_err(|reason| bad(flag, reason))?;
+    }
+    Ok(urls)
+}
+
+/// `http://host:port` -> (host, port). TLS (`https://`) comes with the
+/// security work and is refused until then.
+fn host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: a port is required"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?}: invalid port {port:?}"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, port))
+}
+
+fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for url in url_list(flag, raw)? {
+        let (host, port) = host_port(&url).map_err(|r| bad(flag, r))?;
+        let host = if host == "localhost" {
+            "127.0.0.1".to_string()
+        } else {
+            host
+        };
+        let ip: std::net::IpAddr = host.parse().map_err(|_| {
+            bad(
+                flag,
+                format!("{url:?}: listen on an IP address, not a name"),
+            )
+        })?;
+        out.push(SocketAddr::new(ip, port));
+    }
+    Ok(out)
+}
+
+/// Parses `name=url,name=url` (a name may repeat for several URLs).
+pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| bad("initial-cluster", format!("{part:?} is not name=url")))?;
+        host_port(url).map_err(|r| bad("initial-cluster", r))?;
+        out.entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    if out.is_empty() {
+        return Err(bad("initial-cluster", "no members"));
+    }
+    Ok(out)
+}
+
+impl Config {
+    pub fn from_flags(flags: Flags) -> Result<Self, ConfigError> {
+        if flags.name.is_empty() {
+            return Err(bad("name", "must not be empty"));
+        }
+        let initial_advertise_peer_urls = url_list(
+            "initial-advertise-peer-urls",
+            &flags.initial_advertise_peer_urls,
+        )?;
+        let initial_cluster = match &flags.initial_cluster {
+            Some(raw) => parse_initial_cluster(raw)?,
+            None => BTreeMap::from([(flags.name.clone(), initial_advertise_peer_urls.clone())]),
+        };
+        if flags.initial_cluster_state == ClusterState::New {
+            let mine = initial_cluster.get(&flags.name).ok_or_else(|| {
+                bad(
+                    "initial-cluster",
+                    format!("does not name this member ({:?})", flags.name),
+                )
+            })?;
+            let mut mine = mine.clone();
+            let mut advertised = initial_advertise_peer_urls.clone();
+            mine.sort();
+            advertised.sort();
+            if mine != advertised {
+                return Err(bad(
+                    "initial-cluster",
+                    format!(
+                        "lists {mine:?} for {:?} but --initial-advertise-peer-urls is {advertised:?}",
+                        flags.name
+                    ),
+                ));
+            }
+        }
+        if flags.heartbeat_interval_ms == 0 {
+            return Err(bad("heartbeat-interval", "must be positive"));
+        }
+        if flags.election_timeout_ms < 5 * flags.heartbeat_interval_ms {
+            return Err(bad(
+                "election-timeout",
+                "must be at least 5 times --heartbeat-interval",
+            ));
+        }
+        if flags.snapshot_count == 0 {
+            return Err(bad("snapshot-count", "must be positive"));
+        }
+        Ok(Config {
+            data_dir: flags
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("{}.witan", flags.name))),
+            name: flags.name,
+            listen_client_addrs: listen_addrs("listen-client-urls", &flags.listen_client_urls)?,
+            advertise_client_urls: url_list("advertise-client-urls", &flags.advertise_client_urls)?,
+            listen_peer_addrs: listen_addrs("listen-peer-urls", &flags.listen_peer_urls)?,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state: flags.initial_cluster_state,
+            initial_cluster_token: flags.initial_cluster_token,
+            heartbeat_interval_ms: flags.heartbeat_interval_ms,
+            election_timeout_ms: flags.election_timeout_ms,
+            snapshot_count: flags.snapshot_count,
+            max_txn_ops: flags.max_txn_ops,
+            max_request_bytes: flags.max_request_bytes,
+            watch_progress_notify_interval: flags.watch_progress_notify_interval,
+        })
+    }
+
+    /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
+    pub fn min_lease_ttl_secs(&self) -> i64 {
+        (self.election_timeout_ms * 3 / 2).div_ceil(1000) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["witan"];
+        argv.extend_from_slice(args);
+        Config::from_flags(Flags::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn no_flags_is_a_single_local_member() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.name, "default");
+        assert_eq!(cfg.data_dir, PathBuf::from("default.witan"));
+        assert_eq!(
+            cfg.listen_client_addrs,
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+        assert_eq!(
+            cfg.listen_peer_addrs,
+            vec!["127.0.0.1:2380".parse().unwrap()]
+        );
+        assert_eq!(cfg.initial_cluster.len(), 1);
+        assert_eq!(cfg.min_lease_ttl_secs(), 2);
+    }
+
+    #[test]
+    fn initial_cluster_must_name_this_member_with_its_urls() {
+        let err = parse(&["--name", "a", "--initial-cluster", "b=http://127.0.0.1:1"]).unwrap_err();
+        assert_eq!(err.flag, "initial-cluster");
+        let err = parse(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2",
+        ])
+        .unwrap_err();
+        assert_eq!(err.flag, "initial-cluster");
+    }
+
+    #[test]
+    fn durations_and_urls() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("5x").is_err());
+        assert!(host_port("https://a:1").is_err());
+        assert_eq!(
+            host_port("http://[::1]:2379"),
+            Ok(("::1".to_string(), 2379))
+        );
+    }
+}

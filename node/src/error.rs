@@ -1,0 +1,175 @@
+//! The one table from witan's internal errors to etcd's gRPC codes and
+//! `etcdserver: ...` messages. Clients (clientv3, Kubernetes) match on the
+//! exact text, so the strings are etcd's, byte for byte.
+
+use tonic::{Code, Status};
+
+/// An error a client sees, always one etcd has too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// A storage or internal failure; the text is for the operator's log.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    /// The gRPC code etcd uses for this error (`api/v3rpc/rpctypes/error.go`).
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | NotLeader | NotSupportedForLearner => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
+            NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
+            Internal(_) => Code::Unknown,
+        }
+    }
+
+    /// A stable number for the error, carried in replicated responses and
+    /// forwarded answers so every member reports the same error.
+    pub fn to_wire(&self) -> u32 {
+        use EtcdError::*;
+        match self {
+            Compacted => 1,
+            FutureRev => 2,
+            EmptyKey => 3,
+            KeyNotFound => 4,
+            ValueProvided => 5,
+            LeaseProvided => 6,
+            TooManyOps => 7,
+            DuplicateKey => 8,
+            RequestTooLarge => 9,
+            InvalidSortOption => 10,
+            LeaseNotFound => 11,
+            LeaseExist => 12,
+            LeaseTtlTooLarge => 13,
+            MemberNotFound => 14,
+            NoLeader => 15,
+            NotLeader => 16,
+            LeaderChanged => 17,
+            Timeout => 18,
+            Stopped => 19,
+            NotSupportedForLearner => 20,
+            NoSpace => 21,
+            Corrupt => 22,
+            Internal(_) => 0,
+        }
+    }
+
+    /// Inverse of [`EtcdError::to_wire`]; unknown numbers become `Internal`.
+    pub fn from_wire(code: u32) -> Self {
+        use EtcdError::*;
+        match code {
+            1 => Compacted,
+            2 => FutureRev,
+            3 => EmptyKey,
+            4 => KeyNotFound,
+            5 => ValueProvided,
+            6 => LeaseProvided,
+            7 => TooManyOps,
+            8 => DuplicateKey,
+            9 => RequestTooLarge,
+            10 => InvalidSortOption,
+            11 => LeaseNotFound,
+            12 => LeaseExist,
+            13 => LeaseTtlTooLarge,
+            14 => MemberNotFound,
+            15 => NoLeader,
+            16 => NotLeader,
+            17 => LeaderChanged,
+            18 => Timeout,
+            19 => Stopped,
+            20 => NotSupportedForLearner,
+            21 => NoSpace,
+            22 => Corrupt,
+            other => Internal(format!("unknown error code {other}")),
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(err: EtcdError) -> Self {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+impl From<crate::storage::StorageError> for EtcdError {
+    fn from(err: crate::storage::StorageError) -> Self {
+        // Logged where it is handled: here it becomes the client's answer.
+        tracing::error!(error = %err, "storage failure");
+        EtcdError::Internal(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_codes_round_trip() {
+        for code in 1..=22 {
+            assert_eq!(EtcdError::from_wire(code).to_wire(), code);
+        }
+    }
+
+    #[test]
+    fn messages_and_codes_match_etcd() {
+        let status: Status = EtcdError::Compacted.into();
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let status: Status = EtcdError::LeaseNotFound.into();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "etcdserver: requested lease not found");
+    }
+}

@@ -1,0 +1,514 @@
+//! Writes: how each replicated request changes the MVCC tables. Runs inside
+//! the state machine's write transaction; deterministic on every member.
+
+use prost::Message;
+use redb::{ReadableTable, Table};
+
+use super::range::KeyRange;
+use super::read::ReadView;
+use super::{KIND_DELETE, KIND_PUT, decode_history, encode_history};
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::request_op::Request as OpRequest;
+use crate::proto::etcdserverpb::response_op::Response as OpResponse;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest, ResponseOp,
+    TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::proto::witanpb::LeaseRecord;
+use crate::storage::StorageError;
+
+type Latest<'t> = Table<'t, &'static [u8], &'static [u8]>;
+type History<'t> = Table<'t, (&'static [u8], u64), &'static [u8]>;
+type Revs<'t> = Table<'t, (u64, u32), &'static [u8]>;
+type Leases<'t> = Table<'t, i64, &'static [u8]>;
+type LeaseKeys<'t> = Table<'t, (i64, &'static [u8]), ()>;
+
+/// A failed apply: either etcd's answer to the client, or a storage fault
+/// that must stop the state machine.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Rejected(#[from] EtcdError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<redb::StorageError> for ApplyError {
+    fn from(e: redb::StorageError) -> Self {
+        ApplyError::Storage(e.into())
+    }
+}
+
+/// Lease changes the lessor must learn about after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseChange {
+    Granted { id: i64, ttl_secs: i64 },
+    Revoked { id: i64 },
+}
+
+/// The MVCC tables open for writing, plus what this batch produced.
+pub struct Applier<'t> {
+    pub view: ReadView<Latest<'t>, History<'t>, Revs<'t>>,
+    pub leases: Leases<'t>,
+    pub lease_keys: LeaseKeys<'t>,
+    /// Writes made so far in the current request (they share one revision).
+    sub: u32,
+    /// Events produced by this batch, in revision order, for watchers.
+    pub events: Vec<Event>,
+    pub lease_changes: Vec<LeaseChange>,
+}
+
+impl<'t> Applier<'t> {
+    pub fn new(
+        view: ReadView<Latest<'t>, History<'t>, Revs<'t>>,
+        leases: Leases<'t>,
+        lease_keys: LeaseKeys<'t>,
+    ) -> Self {
+        Applier {
+            view,
+            leases,
+            lease_keys,
+            sub: 0,
+            events: Vec::new(),
+            lease_changes: Vec::new(),
+        }
+    }
+
+    /// The revision writes of the current request get.
+    fn write_revision(&self) -> i64 {
+        self.view.revision + 1
+    }
+
+    /// Closes the current request: its writes, if any, become one revision.
+    fn end_request(&mut self) {
+        if self.sub > 0 {
+            self.view.revision += 1;
+            self.sub = 0;
+        }
+    }
+
+    /// The revision a read inside the current request sees.
+    fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.view.revision + 1
+        } else {
+            self.view.revision
+        }
+    }
+
+    fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
+        Ok(self.leases.get(id)?.is_some())
+    }
+
+    /// Checks that a Put can be applied, against the state before it.
+    fn check_put(&self, req: &PutRequest) -> Result<(), ApplyError> {
+        if (req.ignore_value || req.ignore_lease)
+            && self.view.latest.get(req.key.as_slice())?.is_none()
+        {
+            return Err(EtcdError::KeyNotFound.into());
+        }
+        if !req.ignore_lease && req.lease != 0 && !self.lease_exists(req.lease)? {
+            return Err(EtcdError::LeaseNotFound.into());
+        }
+        Ok(())
+    }
+
+    fn put_unchecked(&mut self, req: &PutRequest) -> Result<PutResponse, ApplyError> {
+        let rev = self.write_revision();
+        let old = self.view.get_latest(&req.key)?;
+        let value = match (&old, req.ignore_value) {
+            (Some(old), true) => old.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&old, req.ignore_lease) {
+            (Some(old), true) => old.lease,
+            _ => req.lease,
+        };
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: old.as_ref().map_or(rev, |o| o.create_revision),
+            mod_revision: rev,
+            version: old.as_ref().map_or(1, |o| o.version + 1),
+            value,
+            lease,
+        };
+        self.view
+            .latest
+            .insert(req.key.as_slice(), kv.encode_to_vec().as_slice())?;
+        self.view.history.insert(
+            (req.key.as_slice(), rev as u64),
+            encode_history(KIND_PUT, &kv).as_slice(),
+        )?;
+        self.view
+            .revs
+            .insert((rev as u64, self.sub), req.key.as_slice())?;
+        self.sub += 1;
+        if let Some(old) = &old
+            && old.lease != 0
+            && old.lease != lease
+        {
+            self.lease_keys.remove((old.lease, req.key.as_slice()))?;
+        }
+        if lease != 0 {
+            self.lease_keys.insert((lease, req.key.as_slice()), ())?;
+        }
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: old.clone(),
+        });
+        Ok(PutResponse {
+            header: None,
+            prev_kv: if req.prev_kv { old } else { None },
+        })
+    }
+
+    fn delete_key(&mut self, old: KeyValue) -> Result<(), ApplyError> {
+        let rev = self.write_revision();
+        let key = old.key.clone();
+        self.view.latest.remove(key.as_slice())?;
+        let tombstone = KeyValue {
+            key: key.clone(),
+            mod_revision: rev,
+            ..Default::default()
+        };
+        self.view.history.insert(
+            (key.as_slice(), rev as u64),
+            encode_history(KIND_DELETE, &tombstone).as_slice(),
+        )?;
+        self.view
+            .revs
+            .insert((rev as u64, self.sub), key.as_slice())?;
+        self.sub += 1;
+        if old.lease != 0 {
+            self.lease_keys.remove((old.lease, key.as_slice()))?;
+        }
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(tombstone),
+            prev_kv: Some(old),
+        });
+        Ok(())
+    }
+
+    fn delete_range_inner(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ApplyError> {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let (olds, _) = self.view.scan(&range, i64::MAX, usize::MAX)?;
+        let deleted = olds.len() as i64;
+        let mut prev_kvs = Vec::new();
+        for old in olds {
+            if req.prev_kv {
+                prev_kvs.push(old.clone());
+            }
+            self.delete_key(old)?;
+        }
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted,
+            prev_kvs,
+        })
+    }
+
+    /// Put: one new revision.
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, ApplyError> {
+        self.check_put(req)?;
+        let resp = self.put_unchecked(req)?;
+        self.end_request();
+        Ok(resp)
+    }
+
+    /// DeleteRange: one new revision if anything was deleted.
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ApplyError> {
+        let resp = self.delete_range_inner(req)?;
+        self.end_request();
+        Ok(resp)
+    }
+
+    /// Txn: compares decide the branch (nested txns too) against the state
+    /// before the txn; all writes share one revision.
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, ApplyError> {
+        let mut path = Vec::new();
+        self.txn_path(req, &mut path)?;
+        let mut cursor = 0;
+        self.check_txn_puts(req, &path, &mut cursor)?;
+        let mut cursor = 0;
+        let resp = self.txn_exec(req, &path, &mut cursor)?;
+        self.end_request();
+        Ok(resp)
+    }
+
+    /// Decides every branch, depth first, before any op runs (as etcd).
+    fn txn_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), ApplyError> {
+        let mut ok = true;
+        for cmp in &req.compare {
+            if !self.compare(cmp)? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            if let Some(OpRequest::RequestTxn(nested)) = &op.request {
+                self.txn_path(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_txn_puts(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+    ) -> Result<(), ApplyError> {
+        let ok = path[*cursor];
+        *cursor += 1;
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            match &op.request {
+                Some(OpRequest::RequestPut(put)) => self.check_put(put)?,
+                Some(OpRequest::RequestTxn(nested)) => self.check_txn_puts(nested, path, cursor)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn_exec(
+        &mut self,
+        req: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+    ) -> Result<TxnResponse, ApplyError> {
+        let succeeded = path[*cursor];
+        *cursor += 1;
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(OpRequest::RequestRange(range)) => {
+                    OpResponse::ResponseRange(self.range_in_txn(range)?)
+                }
+                Some(OpRequest::RequestPut(put)) => {
+                    OpResponse::ResponsePut(self.put_unchecked(put)?)
+                }
+                Some(OpRequest::RequestDeleteRange(del)) => {
+                    OpResponse::ResponseDeleteRange(self.delete_range_inner(del)?)
+                }
+                Some(OpRequest::RequestTxn(nested)) => {
+                    OpResponse::ResponseTxn(self.txn_exec(nested, path, cursor)?)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
+    }
+
+    fn range_in_txn(
+        &mut self,
+        req: &RangeRequest,
+    ) -> Result<crate::proto::etcdserverpb::RangeResponse, ApplyError> {
+        // Reads inside a txn see the txn's own earlier writes, at the
+        // revision those writes will get.
+        let committed = self.view.revision;
+        self.view.revision = self.read_revision();
+        let result = self.view.range(req);
+        self.view.revision = committed;
+        Ok(result?)
+    }
+
+    /// One compare, over every key in its range (etcd's applyCompare).
+    fn compare(&self, cmp: &Compare) -> Result<bool, ApplyError> {
+        let range = KeyRange::new(&cmp.key, &cmp.range_end);
+        let (kvs, _) = self.view.scan(&range, i64::MAX, usize::MAX)?;
+        let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
+        if kvs.is_empty() {
+            // A value compare on a missing key always fails: there is no
+            // way to tell a missing value from an empty one.
+            if target == CompareTarget::Value {
+                return Ok(false);
+            }
+            return Ok(compare_kv(cmp, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(cmp, kv)))
+    }
+
+    /// Compact: drop history below `revision`, keeping for each key the
+    /// newest version at or below it (unless that is a deletion).
+    pub fn compact(&mut self, req: &CompactionRequest) -> Result<(), ApplyError> {
+        if req.revision <= self.view.compact_revision {
+            return Err(EtcdError::Compacted.into());
+        }
+        if req.revision > self.view.revision {
+            return Err(EtcdError::FutureRev.into());
+        }
+        let at = req.revision as u64;
+        let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
+        {
+            let mut current_key: Option<Vec<u8>> = None;
+            let mut below: Vec<(u64, bool)> = Vec::new();
+            let mut flush = |key: &Option<Vec<u8>>, below: &mut Vec<(u64, bool)>| {
+                if let Some(key) = key {
+                    // Everything older than the newest record <= at goes; the
+                    // newest goes too if it is a deletion.
+                    if let Some(&(newest_rev, newest_is_delete)) = below.last() {
+                        for &(rev, _) in &below[..below.len() - 1] {
+                            doomed.push((key.clone(), rev));
+                        }
+                        if newest_is_delete && newest_rev < at {
+                            doomed.push((key.clone(), newest_rev));
+                        }
+                    }
+                }
+                below.clear();
+            };
+            for item in self.view.history.iter()? {
+                let (k, v) = item?;
+                let (key, rev) = k.value();
+                if current_key.as_deref() != Some(key) {
+                    flush(&current_key, &mut below);
+                    current_key = Some(key.to_vec());
+                }
+                if rev <= at {
+                    let (kind, _) = decode_history(v.value())?;
+                    below.push((rev, kind == KIND_DELETE));
+                }
+            }
+            flush(&current_key, &mut below);
+        }
+        for (key, rev) in &doomed {
+            self.view.history.remove((key.as_slice(), *rev))?;
+        }
+        // Watch replay starts at the compact revision at the earliest.
+        self.view
+            .revs
+            .retain_in::<(u64, u32), _>(..(at, 0u32), |_, _| false)?;
+        self.view.compact_revision = req.revision;
+        Ok(())
+    }
+
+    /// LeaseGrant: recorded; no new revision.
+    pub fn lease_grant(
+        &mut self,
+        req: &LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, ApplyError> {
+        if self.lease_exists(req.id)? {
+            return Err(EtcdError::LeaseExist.into());
+        }
+        let record = LeaseRecord {
+            id: req.id,
+            ttl: req.ttl,
+        };
+        self.leases
+            .insert(req.id, record.encode_to_vec().as_slice())?;
+        self.lease_changes.push(LeaseChange::Granted {
+            id: req.id,
+            ttl_secs: req.ttl,
+        });
+        Ok(LeaseGrantResponse {
+            header: None,
+            id: req.id,
+            ttl: req.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// LeaseRevoke: the lease and every key attached to it go, the keys in
+    /// one revision.
+    pub fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<(), ApplyError> {
+        if !self.lease_exists(req.id)? {
+            return Err(EtcdError::LeaseNotFound.into());
+        }
+        let mut keys = Vec::new();
+        for item in self
+            .lease_keys
+            .range::<(i64, &[u8])>((req.id, &[][..])..(req.id.saturating_add(1), &[][..]))?
+        {
+            let (k, _) = item?;
+            keys.push(k.value().1.to_vec());
+        }
+        for key in keys {
+            if let Some(old) = self.view.get_latest(&key)? {
+                self.delete_key(old)?;
+            }
+            self.lease_keys.remove((req.id, key.as_slice()))?;
+        }
+        self.leases.remove(req.id)?;
+        self.lease_changes.push(LeaseChange::Revoked { id: req.id });
+        self.end_request();
+        Ok(())
+    }
+
+    /// Keys attached to a lease, in key order.
+    pub fn lease_keys_of(&self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
+        lease_keys_of(&self.lease_keys, id)
+    }
+}
+
+/// Keys attached to a lease, from any table handle.
+pub fn lease_keys_of(
+    table: &impl ReadableTable<(i64, &'static [u8]), ()>,
+    id: i64,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let mut keys = Vec::new();
+    for item in table.range::<(i64, &[u8])>((id, &[][..])..(id.saturating_add(1), &[][..]))? {
+        let (k, _) = item?;
+        keys.push(k.value().1.to_vec());
+    }
+    Ok(keys)
+}
+
+/// etcd's compareKV: one key-value against one compare.
+pub fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
+    let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
+    let ordering = match target {
+        CompareTarget::Value => {
+            let wanted: &[u8] = match &cmp.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(wanted)
+        }
+        CompareTarget::Create => kv.create_revision.cmp(&int_target(cmp)),
+        CompareTarget::Mod => kv.mod_revision.cmp(&int_target(cmp)),
+        CompareTarget::Version => kv.version.cmp(&int_target(cmp)),
+        CompareTarget::Lease => kv.lease.cmp(&int_target(cmp)),
+    };
+    match CompareResult::try_from(cmp.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+fn int_target(cmp: &Compare) -> i64 {
+    match cmp.target_union {
+        Some(TargetUnion::Version(v))
+        | Some(TargetUnion::CreateRevision(v))
+        | Some(TargetUnion::ModRevision(v))
+        | Some(TargetUnion::Lease(v)) => v,
+        _ => 0,
+    }
+}

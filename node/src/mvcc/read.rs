@@ -1,0 +1,263 @@
+//! Reads: Range at the latest or a past revision, with etcd's sort, limit,
+//! filter, keys_only and count_only rules, and event replay for watches.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+
+use redb::ReadableTable;
+
+use super::range::KeyRange;
+use super::{KIND_DELETE, decode_history, decode_kv};
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::storage::StorageError;
+
+/// The tables a read needs, from a read or a write transaction.
+pub struct ReadView<L, H, R> {
+    pub latest: L,
+    pub history: H,
+    pub revs: R,
+    /// The newest revision visible through these tables.
+    pub revision: i64,
+    /// Revisions below this are gone.
+    pub compact_revision: i64,
+}
+
+impl<L, H, R> ReadView<L, H, R>
+where
+    L: ReadableTable<&'static [u8], &'static [u8]>,
+    H: ReadableTable<(&'static [u8], u64), &'static [u8]>,
+    R: ReadableTable<(u64, u32), &'static [u8]>,
+{
+    /// The current version of one key.
+    pub fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        match self.latest.get(key)? {
+            Some(raw) => Ok(Some(decode_kv(raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live key-value in `range` at `revision`, in key order, along
+    /// with how many there are. `keep` bounds how many are decoded and
+    /// returned (the count still covers the whole range).
+    pub fn scan(
+        &self,
+        range: &KeyRange,
+        revision: i64,
+        keep: usize,
+    ) -> Result<(Vec<KeyValue>, usize), StorageError> {
+        let Some((lo, hi)) = range.bounds() else {
+            return Ok((Vec::new(), 0));
+        };
+        let mut kvs = Vec::new();
+        let mut count = 0usize;
+        if revision >= self.revision {
+            for item in self.latest.range::<&[u8]>((lo, hi))? {
+                let (_, value) = item?;
+                if kvs.len() < keep {
+                    kvs.push(decode_kv(value.value())?);
+                }
+                count += 1;
+            }
+            return Ok((kvs, count));
+        }
+        let target = revision as u64;
+        let lo_h = match lo {
+            Bound::Included(k) => Bound::Included((k, 0u64)),
+            _ => Bound::Unbounded,
+        };
+        let hi_h = match hi {
+            Bound::Included(k) => Bound::Included((k, u64::MAX)),
+            Bound::Excluded(k) => Bound::Excluded((k, 0u64)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        // History is ordered by (key, revision): keep, per key, the last
+        // record at or below the target revision.
+        let mut current: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+        let flush = |entry: Option<(Vec<u8>, Option<Vec<u8>>)>,
+                     kvs: &mut Vec<KeyValue>,
+                     count: &mut usize|
+         -> Result<(), StorageError> {
+            if let Some((_, Some(raw))) = entry {
+                let (kind, kv) = decode_history(&raw)?;
+                if kind != KIND_DELETE {
+                    if kvs.len() < keep {
+                        kvs.push(kv);
+                    }
+                    *count += 1;
+                }
+            }
+            Ok(())
+        };
+        for item in self.history.range::<(&[u8], u64)>((lo_h, hi_h))? {
+            let (k, v) = item?;
+            let (key, rev) = k.value();
+            let same_key = current.as_ref().is_some_and(|(ck, _)| ck.as_slice() == key);
+            if !same_key {
+                flush(current.take(), &mut kvs, &mut count)?;
+                current = Some((key.to_vec(), None));
+            }
+            if rev <= target
+                && let Some((_, best)) = current.as_mut()
+            {
+                *best = Some(v.value().to_vec());
+            }
+        }
+        flush(current.take(), &mut kvs, &mut count)?;
+        Ok((kvs, count))
+    }
+
+    /// The version of `key` just before `revision` (for a watch event's
+    /// prev_kv), if one is retained and live.
+    pub fn get_before(&self, key: &[u8], revision: i64) -> Result<Option<KeyValue>, StorageError> {
+        if revision <= 1 {
+            return Ok(None);
+        }
+        let upper = (revision - 1) as u64;
+        let mut iter = self
+            .history
+            .range::<(&[u8], u64)>((key, 0u64)..=(key, upper))?;
+        match iter.next_back() {
+            Some(item) => {
+                let (_, v) = item?;
+                let (kind, kv) = decode_history(v.value())?;
+                Ok((kind != KIND_DELETE).then_some(kv))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Answers a Range request (without its header).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let revision = if req.revision <= 0 {
+            self.revision
+        } else {
+            req.revision
+        };
+        if revision > self.revision {
+            return Err(EtcdError::FutureRev);
+        }
+        if revision < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        let order =
+            SortOrder::try_from(req.sort_order).map_err(|_| EtcdError::InvalidSortOption)?;
+        let target =
+            SortTarget::try_from(req.sort_target).map_err(|_| EtcdError::InvalidSortOption)?;
+        // etcd sorts ascending when a target other than the key is named
+        // without an order.
+        let order = match (order, target) {
+            (SortOrder::None, t) if t != SortTarget::Key => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        let filtered = req.min_mod_revision > 0
+            || req.max_mod_revision > 0
+            || req.min_create_revision > 0
+            || req.max_create_revision > 0;
+        let needs_all = order != SortOrder::None || filtered;
+        let keep = if req.count_only {
+            0
+        } else if needs_all || req.limit <= 0 {
+            usize::MAX
+        } else {
+            usize::try_from(req.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+        };
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let (mut kvs, count) = self.scan(&range, revision, keep)?;
+        if filtered {
+            kvs.retain(|kv| {
+                (req.min_mod_revision <= 0 || kv.mod_revision >= req.min_mod_revision)
+                    && (req.max_mod_revision <= 0 || kv.mod_revision <= req.max_mod_revision)
+                    && (req.min_create_revision <= 0
+                        || kv.create_revision >= req.min_create_revision)
+                    && (req.max_create_revision <= 0
+                        || kv.create_revision <= req.max_create_revision)
+            });
+        }
+        sort_kvs(&mut kvs, order, target);
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse {
+            header: None,
+            kvs,
+            more,
+            count: count as i64,
+        })
+    }
+
+    /// Events with revisions in `[from, to]`, in revision order, each with
+    /// its previous version when `with_prev` is set. Fails with
+    /// `Compacted` when `from` is below the compact revision.
+    pub fn events(&self, from: i64, to: i64, with_prev: bool) -> Result<Vec<Event>, EtcdError> {
+        if from < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let iter = self
+            .revs
+            .range::<(u64, u32)>((from.max(1) as u64, 0u32)..=(to as u64, u32::MAX))
+            .map_err(StorageError::from)?;
+        for item in iter {
+            let (k, key) = item.map_err(StorageError::from)?;
+            let (rev, _) = k.value();
+            let key = key.value();
+            let raw = self
+                .history
+                .get((key, rev))
+                .map_err(StorageError::from)?
+                .ok_or_else(|| StorageError::corrupt("history", "revision without record"))?;
+            let (kind, kv) = decode_history(raw.value())?;
+            let prev_kv = if with_prev {
+                self.get_before(key, rev as i64)?
+            } else {
+                None
+            };
+            out.push(Event {
+                r#type: if kind == KIND_DELETE {
+                    EventType::Delete as i32
+                } else {
+                    EventType::Put as i32
+                },
+                kv: Some(kv),
+                prev_kv,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Sorts as etcd does; key order is the input order, so a stable sort keeps
+/// ties in key order.
+pub fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+    if order == SortOrder::None {
+        return;
+    }
+    let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+        match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        }
+    };
+    match order {
+        SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+        _ => kvs.sort_by(cmp),
+    }
+}

@@ -1,0 +1,201 @@
+//! Where a member's writes and read indexes come from: Raft itself when
+//! the member leads, the leader over the peer link when it does not.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+
+use super::proposer::BatchSink;
+use super::read_barrier::ReadIndexSource;
+use crate::error::EtcdError;
+use crate::hub::ApplyHub;
+use crate::proto::witanpb::forward_request::Request as FwdReq;
+use crate::proto::witanpb::forward_response::Response as FwdResp;
+use crate::proto::witanpb::internal_response::Response;
+use crate::proto::witanpb::{
+    ForwardRequest, ForwardResponse, InternalBatch, InternalRequest, InternalResponse, RaftMessage,
+};
+use crate::raft::network::PeerChannels;
+use crate::raft::types::{Batch, MemberNode, NodeId, Raft};
+
+/// Talks to whoever leads.
+pub struct Committer {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub channels: PeerChannels,
+    pub hub: ApplyHub,
+    /// How long to wait for a leader or a forwarded answer.
+    pub request_timeout: Duration,
+}
+
+/// Who leads right now, as this member sees it.
+pub enum Leadership {
+    Me,
+    Other(NodeId, MemberNode),
+    Unknown,
+}
+
+impl Committer {
+    pub fn leadership(&self) -> Leadership {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(leader) if leader == self.id && metrics.state == ServerState::Leader => {
+                Leadership::Me
+            }
+            Some(leader) if leader != self.id => {
+                match metrics.membership_config.membership().get_node(&leader) {
+                    Some(node) => Leadership::Other(leader, node.clone()),
+                    None => Leadership::Unknown,
+                }
+            }
+            _ => Leadership::Unknown,
+        }
+    }
+
+    /// Waits (bounded) until some leader is known.
+    pub async fn leader(&self) -> Result<Leadership, EtcdError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            match self.leadership() {
+                Leadership::Unknown => {}
+                known => return Ok(known),
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(EtcdError::NoLeader);
+            }
+        }
+    }
+
+    /// Sends a request to the leader's peer service.
+    pub async fn forward(&self, node: &MemberNode, request: FwdReq) -> Result<FwdResp, EtcdError> {
+        let mut client = self.channels.client(node).map_err(EtcdError::Internal)?;
+        let msg = RaftMessage {
+            data: ForwardRequest {
+                request: Some(request),
+            }
+            .encode_to_vec(),
+        };
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.request_timeout);
+        let reply = client
+            .forward(req)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => EtcdError::Timeout,
+                _ => EtcdError::LeaderChanged,
+            })?;
+        let resp = ForwardResponse::decode(reply.into_inner().data.as_slice())
+            .map_err(|e| EtcdError::Internal(format!("decoding forwarded answer: {e}")))?;
+        match resp.response {
+            Some(FwdResp::Error(code)) => Err(EtcdError::from_wire(code)),
+            Some(other) => Ok(other),
+            None => Err(EtcdError::Internal("empty forwarded answer".into())),
+        }
+    }
+
+    /// Proposes a batch on this member, which must lead.
+    pub async fn write_as_leader(
+        &self,
+        batch: Vec<InternalRequest>,
+    ) -> Result<Vec<InternalResponse>, EtcdError> {
+        match self.raft.client_write(Batch(batch)).await {
+            Ok(resp) => Ok(resp.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(EtcdError::LeaderChanged)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(EtcdError::Internal(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(error = %e, "raft stopped");
+                Err(EtcdError::Stopped)
+            }
+        }
+    }
+
+    /// Waits (bounded) until this member has applied `revision`, so a
+    /// client that wrote through it reads its own write here.
+    async fn catch_up_to_revision(&self, revision: i64) {
+        let mut rx = self.hub.revision();
+        let _ = tokio::time::timeout(self.request_timeout, rx.wait_for(|r| *r >= revision)).await;
+    }
+
+    /// This member's read index: the leader's commit point, confirmed by a
+    /// quorum.
+    pub async fn read_index(&self) -> Result<u64, EtcdError> {
+        match self.leader().await? {
+            Leadership::Me => self.read_index_as_leader().await,
+            Leadership::Other(_, node) => match self.forward(&node, FwdReq::ReadIndex(true)).await?
+            {
+                FwdResp::ReadIndex(index) => Ok(index),
+                _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
+            },
+            Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+
+    pub async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(_)) => Err(EtcdError::LeaderChanged),
+            Err(RaftError::Fatal(_)) => Err(EtcdError::Stopped),
+        }
+    }
+}
+
+fn max_revision(responses: &[InternalResponse]) -> i64 {
+    responses
+        .iter()
+        .filter_map(|r| match &r.response {
+            Some(Response::Put(x)) => x.header.as_ref(),
+            Some(Response::DeleteRange(x)) => x.header.as_ref(),
+            Some(Response::Txn(x)) => x.header.as_ref(),
+            Some(Response::LeaseRevoke(x)) => x.header.as_ref(),
+            _ => None,
+        })
+        .map(|h| h.revision)
+        .max()
+        .unwrap_or(0)
+}
+
+impl BatchSink for Committer {
+    async fn commit(
+        &self,
+        batch: Vec<InternalRequest>,
+    ) -> Result<Vec<InternalResponse>, EtcdError> {
+        match self.leader().await? {
+            Leadership::Me => self.write_as_leader(batch).await,
+            Leadership::Other(_, node) => {
+                let fwd = FwdReq::Batch(InternalBatch { requests: batch });
+                match self.forward(&node, fwd).await? {
+                    FwdResp::Batch(resp) => {
+                        self.catch_up_to_revision(max_revision(&resp.responses))
+                            .await;
+                        Ok(resp.responses)
+                    }
+                    _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
+                }
+            }
+            Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+}
+
+impl ReadIndexSource for Committer {
+    async fn sync_to_read_index(&self) -> Result<(), EtcdError> {
+        let index = self.read_index().await?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| EtcdError::Timeout)
+    }
+}

@@ -1,0 +1,305 @@
+//! One member's request-facing core: the write path (proposer), the read
+//! paths (local and linearizable), leases, membership and status. The gRPC
+//! services are thin layers over this.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
+
+use super::committer::{Committer, Leadership};
+use super::proposer::Proposer;
+use super::read_barrier::ReadBarrier;
+use crate::config::Config;
+use crate::error::EtcdError;
+use crate::hub::ApplyHub;
+use crate::lease::lessor::Lessor;
+use crate::mvcc::apply::lease_keys_of;
+use crate::mvcc::read::ReadView;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    Member as PbMember, ResponseHeader,
+};
+use crate::proto::witanpb::forward_request::Request as FwdReq;
+use crate::proto::witanpb::forward_response::Response as FwdResp;
+use crate::proto::witanpb::internal_response::Response;
+use crate::proto::witanpb::{
+    ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest, LeaseRecord,
+    MemberAttributes,
+};
+use crate::raft::types::{NodeId, Raft};
+use crate::storage::{
+    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, Store, blocking, meta_i64,
+    meta_key,
+};
+
+/// The etcd version witan reports: clients and kube-apiserver enable
+/// features (progress notify, etc.) by it.
+pub const ETCD_COMPAT_VERSION: &str = "3.6.5";
+
+pub type LocalView = ReadView<
+    ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
+    ReadOnlyTable<(u64, u32), &'static [u8]>,
+>;
+
+pub struct Member {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub store: Store,
+    pub hub: ApplyHub,
+    pub lessor: Arc<Lessor>,
+    pub committer: Arc<Committer>,
+    pub proposer: Proposer,
+    pub barrier: ReadBarrier,
+}
+
+impl Member {
+    /// The header every response carries.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        })
+    }
+
+    /// Runs `f` over a consistent local view of the store.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&LocalView) -> Result<T, EtcdError>,
+    ) -> Result<T, EtcdError> {
+        blocking(|| {
+            let txn = self.store.db().begin_read().map_err(storage_err)?;
+            let meta = txn.open_table(META).map_err(storage_err)?;
+            let view = ReadView {
+                latest: txn.open_table(KV_LATEST).map_err(storage_err)?,
+                history: txn.open_table(KV_HISTORY).map_err(storage_err)?,
+                revs: txn.open_table(KV_REVS).map_err(storage_err)?,
+                revision: meta_i64(&meta, meta_key::REVISION)?.max(1),
+                compact_revision: meta_i64(&meta, meta_key::COMPACT_REVISION)?,
+            };
+            f(&view)
+        })
+    }
+
+    /// Waits until a local read is linearizable (ReadIndex).
+    pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        self.barrier.wait().await
+    }
+
+    /// Proposes a write and returns its response, or etcd's error.
+    pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
+        let response = self.proposer.propose(request).await?;
+        match response.response {
+            Some(Response::Error(code)) => Err(EtcdError::from_wire(code)),
+            Some(r) => Ok(r),
+            None => Err(EtcdError::Internal("empty response".into())),
+        }
+    }
+
+    /// Serves a request another member forwarded to this one (the leader).
+    pub async fn handle_forward(&self, raw: &[u8]) -> ForwardResponse {
+        let result = match ForwardRequest::decode(raw) {
+            Err(e) => Err(EtcdError::Internal(format!(
+                "decoding forwarded request: {e}"
+            ))),
+            Ok(req) => match req.request {
+                Some(FwdReq::Batch(batch)) => self
+                    .committer
+                    .write_as_leader(batch.requests)
+                    .await
+                    .map(|responses| FwdResp::Batch(InternalBatchResponse { responses })),
+                Some(FwdReq::ReadIndex(_)) => self
+                    .committer
+                    .read_index_as_leader()
+                    .await
+                    .map(FwdResp::ReadIndex),
+                Some(FwdReq::LeaseKeepAlive(req)) => {
+                    self.keep_alive_as_leader(&req).map(FwdResp::LeaseKeepAlive)
+                }
+                Some(FwdReq::LeaseTimeToLive(req)) => self
+                    .time_to_live_as_leader(&req)
+                    .map(FwdResp::LeaseTimeToLive),
+                None => Err(EtcdError::Internal("empty forwarded request".into())),
+            },
+        };
+        ForwardResponse {
+            response: Some(result.unwrap_or_else(|e| FwdResp::Error(e.to_wire()))),
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), EtcdError> {
+        match self.committer.leadership() {
+            Leadership::Me => Ok(()),
+            _ => Err(EtcdError::NotLeader),
+        }
+    }
+
+    fn keep_alive_as_leader(
+        &self,
+        req: &LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        self.require_leader()?;
+        // A missing lease answers TTL 0, as etcd does.
+        let ttl = self.lessor.keep_alive(req.id, Instant::now()).unwrap_or(0);
+        Ok(LeaseKeepAliveResponse {
+            header: self.header(self.hub.current_revision()),
+            id: req.id,
+            ttl,
+        })
+    }
+
+    fn time_to_live_as_leader(
+        &self,
+        req: &LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        self.require_leader()?;
+        let header = self.header(self.hub.current_revision());
+        let Some((remaining, granted)) = self.lessor.remaining(req.id, Instant::now()) else {
+            // etcd answers a missing lease with TTL -1, not an error.
+            return Ok(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            });
+        };
+        let keys = if req.keys {
+            self.lease_keys(req.id)?
+        } else {
+            Vec::new()
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl: remaining,
+            granted_ttl: granted,
+            keys,
+        })
+    }
+
+    /// Renews a lease on the leader (forwarding when needed).
+    pub async fn keep_alive(
+        &self,
+        req: LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        match self.committer.leader().await? {
+            Leadership::Me => self.keep_alive_as_leader(&req),
+            Leadership::Other(_, node) => {
+                match self
+                    .committer
+                    .forward(&node, FwdReq::LeaseKeepAlive(req))
+                    .await?
+                {
+                    FwdResp::LeaseKeepAlive(mut resp) => {
+                        resp.header = self.header(self.hub.current_revision());
+                        Ok(resp)
+                    }
+                    _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
+                }
+            }
+            Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+
+    /// A lease's remaining TTL, from the leader's clock.
+    pub async fn time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        match self.committer.leader().await? {
+            Leadership::Me => self.time_to_live_as_leader(&req),
+            Leadership::Other(_, node) => {
+                match self
+                    .committer
+                    .forward(&node, FwdReq::LeaseTimeToLive(req))
+                    .await?
+                {
+                    FwdResp::LeaseTimeToLive(mut resp) => {
+                        resp.header = self.header(self.hub.current_revision());
+                        Ok(resp)
+                    }
+                    _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
+                }
+            }
+            Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        blocking(|| {
+            let txn = self.store.db().begin_read().map_err(storage_err)?;
+            let table = txn.open_table(LEASE_KEYS).map_err(storage_err)?;
+            Ok(lease_keys_of(&table, id)?)
+        })
+    }
+
+    /// Every lease id in the applied state.
+    pub fn lease_ids(&self) -> Result<Vec<i64>, EtcdError> {
+        blocking(|| {
+            let txn = self.store.db().begin_read().map_err(storage_err)?;
+            let table = txn.open_table(LEASES).map_err(storage_err)?;
+            let mut ids = Vec::new();
+            for item in table.iter().map_err(storage_err)? {
+                let (id, raw) = item.map_err(storage_err)?;
+                let record = LeaseRecord::decode(raw.value())
+                    .map_err(|e| EtcdError::Internal(format!("lease record: {e}")))?;
+                ids.push(record.id.max(id.value()));
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Attributes members published about themselves.
+    pub fn member_attributes(&self, id: NodeId) -> Result<Option<MemberAttributes>, EtcdError> {
+        blocking(|| {
+            let txn = self.store.db().begin_read().map_err(storage_err)?;
+            let table = txn.open_table(MEMBERS).map_err(storage_err)?;
+            match table.get(id).map_err(storage_err)? {
+                Some(raw) => MemberAttributes::decode(raw.value())
+                    .map(Some)
+                    .map_err(|e| EtcdError::Internal(format!("member attributes: {e}"))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Members as etcd lists them: voters and learners, with what each has
+    /// published (an unstarted member has an empty name and client URLs).
+    pub fn member_list(&self) -> Result<Vec<PbMember>, EtcdError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut out = Vec::new();
+        for (id, node) in membership.nodes() {
+            let attrs = self.member_attributes(*id)?.unwrap_or_default();
+            out.push(PbMember {
+                id: *id,
+                name: attrs.name,
+                peer_ur_ls: node.peer_urls.clone(),
+                client_ur_ls: attrs.client_urls,
+                is_learner: !voters.contains(id),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.id)
+    }
+}
+
+pub(crate) fn storage_err(e: impl Into<redb::Error>) -> EtcdError {
+    EtcdError::from(crate::storage::StorageError::Redb(e.into()))
+}

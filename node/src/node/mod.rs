@@ -1,0 +1,12 @@
+//! A running member: storage, Raft, the write and read paths, the leader's
+//! lease clock, and the servers, wired together.
+
+pub mod committer;
+pub mod member;
+pub mod proposer;
+pub mod read_barrier;
+pub mod start;
+mod tasks;
+
+pub use member::Member;
+pub use start::{RunningMember, start};

@@ -1,0 +1,260 @@
+//! Bringing a member up: open or bootstrap its data dir, start Raft, bind
+//! the peer and client listeners, and start the background tasks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::committer::Committer;
+use super::member::Member;
+use super::proposer::Proposer;
+use super::read_barrier::ReadBarrier;
+use super::tasks;
+use crate::config::{ClusterState, Config};
+use crate::hub::ApplyHub;
+use crate::ids;
+use crate::lease::lessor::Lessor;
+use crate::proto::witanpb::MemberIdentity;
+use crate::proto::witanpb::raft_server::RaftServer;
+use crate::raft::network::{MAX_PEER_MESSAGE_BYTES, PeerNetwork};
+use crate::raft::peer_service::PeerService;
+use crate::raft::types::{MemberNode, Raft};
+use crate::storage::log_store::LogStore;
+use crate::storage::state_machine::StateMachine;
+use crate::storage::{META, StorageError, Store, meta_i64, meta_key};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started member and the handles to stop it.
+pub struct RunningMember {
+    pub member: Arc<Member>,
+    /// Addresses actually bound (useful when a port was 0).
+    pub client_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningMember {
+    /// Stops serving, stops Raft and waits for every task to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.member.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Loads this member's identity, or derives and records it on first start.
+fn identity(config: &Config, store: &Store) -> Result<(MemberIdentity, bool), StorageError> {
+    if let Some(identity) = store.identity()? {
+        return Ok((identity, false));
+    }
+    let token = &config.initial_cluster_token;
+    let member_ids: Vec<u64> = config
+        .initial_cluster
+        .values()
+        .map(|urls| ids::member_id(urls, token))
+        .collect();
+    let identity = MemberIdentity {
+        member_id: ids::member_id(&config.initial_advertise_peer_urls, token),
+        cluster_id: ids::cluster_id(&member_ids, token),
+        name: config.name.clone(),
+    };
+    store.save_identity(&identity)?;
+    Ok((identity, true))
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        // etcd keeps 5000 entries after a snapshot so slow followers can
+        // still catch up from the log.
+        max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    raft_config
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Starts a member from its configuration.
+pub async fn start(config: Config) -> Result<RunningMember, StartError> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.data_dir)?;
+    let (identity, fresh) = identity(&config, &store)?;
+    let id = identity.member_id;
+    let span = tracing::info_span!("member", id = %format!("{id:x}"), name = %config.name);
+    let _enter = span.enter();
+
+    let revision = {
+        use redb::ReadableDatabase;
+        let txn = store.db().begin_read().map_err(StorageError::from)?;
+        let meta = txn.open_table(META).map_err(StorageError::from)?;
+        meta_i64(&meta, meta_key::REVISION)?.max(1)
+    };
+    let hub = ApplyHub::new(revision);
+    let lessor = Arc::new(Lessor::new());
+    let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone())?;
+    let log_store = LogStore::new(store.clone());
+    let network = PeerNetwork::default();
+    let channels = network.channels.clone();
+
+    // Listeners first, so a port conflict fails before Raft starts.
+    let peer_listeners = bind(&config.listen_peer_addrs).await?;
+    let client_listeners = bind(&config.listen_client_addrs).await?;
+
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config(&config)?),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    if fresh && config.initial_cluster_state == ClusterState::New {
+        let token = &config.initial_cluster_token;
+        let members: BTreeMap<u64, MemberNode> = config
+            .initial_cluster
+            .values()
+            .map(|urls| {
+                (
+                    ids::member_id(urls, token),
+                    MemberNode {
+                        peer_urls: urls.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Every founding member initializes with the same membership, which
+        // openraft allows; whoever wins the first election leads.
+        raft.initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        tracing::info!(cluster = %format!("{:x}", identity.cluster_id), "bootstrapped a new cluster");
+    }
+
+    let request_timeout = Duration::from_millis((config.election_timeout_ms * 5).max(5_000));
+    let committer = Arc::new(Committer {
+        id,
+        raft: raft.clone(),
+        channels,
+        hub: hub.clone(),
+        request_timeout,
+    });
+    let member = Arc::new(Member {
+        id,
+        cluster_id: identity.cluster_id,
+        config: config.clone(),
+        raft,
+        store,
+        hub,
+        lessor,
+        proposer: Proposer::start(committer.clone()),
+        barrier: ReadBarrier::start(committer.clone()),
+        committer,
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut peer_addrs = Vec::new();
+    for listener in peer_listeners {
+        peer_addrs.push(listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen_peer_addrs[0],
+            source,
+        })?);
+        let service = RaftServer::new(PeerService {
+            member: member.clone(),
+        })
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        }));
+    }
+    let mut client_addrs = Vec::new();
+    for listener in client_listeners {
+        client_addrs.push(listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen_client_addrs[0],
+            source,
+        })?);
+        tasks.push(tokio::spawn(crate::server::serve(
+            member.clone(),
+            listener,
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(tasks::promote_leases_on_leadership(
+        member.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(tasks::sweep_expired_leases(
+        member.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(tasks::publish_attributes(
+        member.clone(),
+        stop_rx.clone(),
+    )));
+    tracing::info!(client = ?client_addrs, peer = ?peer_addrs, "serving");
+    Ok(RunningMember {
+        member,
+        client_addrs,
+        peer_addrs,
+        stop,
+        tasks,
+    })
+}

@@ -1,0 +1,56 @@
+//! The server side of the peer link: openraft's RPCs and requests forwarded
+//! from followers to the leader.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::network::{decode, encode};
+use super::types::{NodeId, TypeConfig};
+use crate::node::Member;
+use crate::proto::witanpb::RaftMessage;
+use crate::proto::witanpb::raft_server::Raft as RaftService;
+
+pub struct PeerService {
+    pub member: Arc<Member>,
+}
+
+fn bad_request(e: String) -> Status {
+    Status::invalid_argument(e)
+}
+
+#[tonic::async_trait]
+impl RaftService for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_request)?;
+        let result = self.member.raft.append_entries(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad_request)?;
+        let result = self.member.raft.vote(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_request)?;
+        let result = self.member.raft.install_snapshot(rpc).await;
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let answer = self.member.handle_forward(&req.get_ref().data).await;
+        Ok(Response::new(RaftMessage {
+            data: answer.encode_to_vec(),
+        }))
+    }
+}

@@ -1,0 +1,136 @@
+//! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::error::EtcdError;
+use crate::mvcc::validate;
+use crate::node::Member;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::response_op::Response as OpResponse;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::proto::witanpb::InternalRequest;
+use crate::proto::witanpb::internal_request::Request as Internal;
+use crate::proto::witanpb::internal_response::Response as Applied;
+
+pub struct KvService {
+    member: Arc<Member>,
+}
+
+impl KvService {
+    pub fn new(member: Arc<Member>) -> Self {
+        KvService { member }
+    }
+
+    async fn propose(&self, request: Internal) -> Result<Applied, EtcdError> {
+        self.member
+            .propose(InternalRequest {
+                request: Some(request),
+            })
+            .await
+    }
+
+    /// Puts the member's header on the top-level response and any nested
+    /// ones (the state machine only knows the revision).
+    fn fill_txn_headers(&self, resp: &mut TxnResponse) {
+        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.member.header(revision);
+        for op in &mut resp.responses {
+            match &mut op.response {
+                Some(OpResponse::ResponseRange(r)) => r.header = self.member.header(revision),
+                Some(OpResponse::ResponsePut(r)) => r.header = self.member.header(revision),
+                Some(OpResponse::ResponseDeleteRange(r)) => r.header = self.member.header(revision),
+                Some(OpResponse::ResponseTxn(t)) => {
+                    t.header = Some(Default::default());
+                    if let Some(h) = t.header.as_mut() {
+                        h.revision = revision;
+                    }
+                    self.fill_txn_headers(t);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+fn revision_of(header: &Option<crate::proto::etcdserverpb::ResponseHeader>) -> i64 {
+    header.as_ref().map_or(0, |h| h.revision)
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req)?;
+        if !req.serializable {
+            self.member.linearizable_barrier().await?;
+        }
+        let (mut resp, revision) = self
+            .member
+            .read(|view| Ok((view.range(&req)?, view.revision)))?;
+        resp.header = self.member.header(revision);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_put(&req)?;
+        match self.propose(Internal::Put(req)).await? {
+            Applied::Put(mut resp) => {
+                resp.header = self.member.header(revision_of(&resp.header));
+                Ok(Response::new(resp))
+            }
+            _ => Err(EtcdError::Internal("unexpected response".into()).into()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_delete_range(&req)?;
+        match self.propose(Internal::DeleteRange(req)).await? {
+            Applied::DeleteRange(mut resp) => {
+                resp.header = self.member.header(revision_of(&resp.header));
+                Ok(Response::new(resp))
+            }
+            _ => Err(EtcdError::Internal("unexpected response".into()).into()),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_txn(&req, self.member.config.max_txn_ops)?;
+        // Read-only txns go through the log too: their compares and reads
+        // then happen at one point of the history (and use no revision).
+        match self.propose(Internal::Txn(req)).await? {
+            Applied::Txn(mut resp) => {
+                self.fill_txn_headers(&mut resp);
+                Ok(Response::new(resp))
+            }
+            _ => Err(EtcdError::Internal("unexpected response".into()).into()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        match self.propose(Internal::Compaction(req)).await? {
+            Applied::Compaction(mut resp) => {
+                resp.header = self.member.header(revision_of(&resp.header));
+                Ok(Response::new(resp))
+            }
+            _ => Err(EtcdError::Internal("unexpected response".into()).into()),
+        }
+    }
+}

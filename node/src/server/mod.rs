@@ -1,0 +1,63 @@
+//! The etcd v3 gRPC services on the client listener.
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch as tokio_watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::Member;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
+
+/// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Serves the client API on one listener until `stop` flips.
+pub async fn serve(
+    member: Arc<Member>,
+    listener: TcpListener,
+    mut stop: tokio_watch::Receiver<bool>,
+) {
+    let max_recv = member.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(member.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(member.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService::new(
+            member.clone(),
+        )))
+        .add_service(MaintenanceServer::new(
+            maintenance::MaintenanceService::new(member.clone()),
+        ))
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "client server failed");
+    }
+}

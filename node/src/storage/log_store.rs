@@ -1,0 +1,205 @@
+//! The Raft log and vote in redb (openraft's `RaftLogStorage`).
+//!
+//! Every append is one redb transaction committed with fsync. Group commit
+//! happens above: the proposer packs many client requests into one entry,
+//! and openraft hands several entries to one `append` when they queue up.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader, StorageIOError};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+use super::{META, RAFT_LOG, Store, blocking, meta_key, meta_rmp, to_rmp};
+use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+/// The log half of a member's database.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub fn new(store: Store) -> Self {
+        LogStore { store }
+    }
+
+    fn read_entries(
+        &self,
+        lo: Bound<u64>,
+        hi: Bound<u64>,
+    ) -> Result<Vec<Entry>, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let log = txn.open_table(RAFT_LOG)?;
+        let mut out = Vec::new();
+        for item in log.range::<u64>((lo, hi))? {
+            let (_, raw) = item?;
+            let entry: Entry = rmp_serde::from_slice(raw.value())
+                .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn log_state(&self) -> Result<LogState<TypeConfig>, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let last_purged: Option<LogId> = meta_rmp(&meta, meta_key::LAST_PURGED)?;
+        let log = txn.open_table(RAFT_LOG)?;
+        let last = match log.last()? {
+            Some((_, raw)) => {
+                let entry: Entry = rmp_serde::from_slice(raw.value())
+                    .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
+                Some(entry.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    fn put_meta(&self, key: &'static str, value: &[u8]) -> Result<(), super::StorageError> {
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        meta_rmp(&meta, key)
+    }
+
+    fn append_entries(&self, entries: Vec<Entry>) -> Result<(), super::StorageError> {
+        let txn = self.store.db().begin_write()?;
+        {
+            let mut log = txn.open_table(RAFT_LOG)?;
+            for entry in &entries {
+                log.insert(entry.log_id.index, to_rmp(entry).as_slice())?;
+            }
+        }
+        // Immediate durability (redb's default): the fsync that makes the
+        // entries, and every earlier non-durable apply, survive a crash.
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn remove_range(
+        &self,
+        lo: Bound<u64>,
+        hi: Bound<u64>,
+        purged: Option<LogId>,
+    ) -> Result<(), super::StorageError> {
+        let txn = self.store.db().begin_write()?;
+        {
+            let mut log = txn.open_table(RAFT_LOG)?;
+            log.retain_in::<u64, _>((lo, hi), |_, _| false)?;
+            if let Some(purged) = purged {
+                txn.open_table(META)?
+                    .insert(meta_key::LAST_PURGED, to_rmp(&purged).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn io_err(
+    e: super::StorageError,
+    f: fn(&super::StorageError) -> StorageIOError<NodeId>,
+) -> StorageError {
+    StorageError::IO { source: f(&e) }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let lo = range.start_bound().cloned();
+        let hi = range.end_bound().cloned();
+        blocking(|| self.read_entries(lo, hi))
+            .map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        blocking(|| self.log_state()).map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        blocking(|| self.put_meta(meta_key::VOTE, &to_rmp(vote)))
+            .map_err(|e| io_err(e, |e| StorageIOError::write_vote(e)))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        blocking(|| self.get_meta(meta_key::VOTE))
+            .map_err(|e| io_err(e, |e| StorageIOError::read_vote(e)))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        blocking(|| self.put_meta(meta_key::COMMITTED, &to_rmp(&committed)))
+            .map_err(|e| io_err(e, |e| StorageIOError::write(e)))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = blocking(|| self.get_meta(meta_key::COMMITTED))
+            .map_err(|e| io_err(e, |e| StorageIOError::read(e)))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let result = blocking(|| self.append_entries(entries));
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(e, |e| StorageIOError::write_logs(e)))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        blocking(|| self.remove_range(Bound::Included(log_id.index), Bound::Unbounded, None))
+            .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        blocking(|| {
+            self.remove_range(
+                Bound::Unbounded,
+                Bound::Included(log_id.index),
+                Some(log_id),
+            )
+        })
+        .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
+    }
+}

@@ -1,0 +1,278 @@
+//! One redb database per member holds everything that member persists: the
+//! Raft log and vote, the applied log id and membership, the last snapshot,
+//! and the MVCC state machine. See `docs/storage.md` for the format.
+//!
+//! Invariants:
+//! - The applied log id is written in the same transaction as the state it
+//!   covers, so a crash at any point replays cleanly from the log.
+//! - Log appends and votes commit with `Durability::Immediate` (fsync);
+//!   state-machine applies commit with `Durability::None`, which redb makes
+//!   durable with the next immediate commit. A crash therefore can only roll
+//!   the state machine back to an earlier applied id, never past the log.
+
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::proto::witanpb::MemberIdentity;
+
+/// The on-disk format this build writes and the only one it opens.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// user key -> current `mvccpb.KeyValue` (live keys only).
+pub(crate) const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
+/// (user key, mod_revision) -> kind byte + `mvccpb.KeyValue`: every retained version.
+pub(crate) const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> =
+    TableDefinition::new("kv_history");
+/// (revision, sub) -> user key: the order of events, for watch replay.
+pub(crate) const KV_REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_revs");
+/// lease id -> `witanpb.LeaseRecord`.
+pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+/// (lease id, user key) attached to it.
+pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
+/// member id -> `witanpb.MemberAttributes` it published.
+pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// "meta" -> snapshot meta (MessagePack), "data" -> snapshot bytes.
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+pub(crate) mod meta_key {
+    pub const FORMAT_VERSION: &str = "format_version";
+    pub const IDENTITY: &str = "identity";
+    pub const VOTE: &str = "vote";
+    pub const COMMITTED: &str = "committed";
+    pub const LAST_PURGED: &str = "last_purged";
+    pub const APPLIED: &str = "applied";
+    pub const MEMBERSHIP: &str = "membership";
+    pub const REVISION: &str = "revision";
+    pub const COMPACT_REVISION: &str = "compact_revision";
+}
+
+/// What can go wrong below the state machine.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("opening database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedFormat { found: u32 },
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("decoding {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                StorageError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl StorageError {
+    pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Self {
+        StorageError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The member's database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/member/witan.redb`, checking the format.
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let dir = data_dir.join("member");
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join("witan.redb");
+        let db = Database::create(&path).map_err(|source| StorageError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
+        store.init_tables()?;
+        Ok(store)
+    }
+
+    fn init_tables(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta
+                .get(meta_key::FORMAT_VERSION)?
+                .map(|v| decode_u32(v.value()))
+                .transpose()?;
+            match found {
+                None => {
+                    meta.insert(
+                        meta_key::FORMAT_VERSION,
+                        FORMAT_VERSION.to_le_bytes().as_slice(),
+                    )?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(found) => return Err(StorageError::UnsupportedFormat { found }),
+            }
+            txn.open_table(RAFT_LOG)?;
+            txn.open_table(KV_LATEST)?;
+            txn.open_table(KV_HISTORY)?;
+            txn.open_table(KV_REVS)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(LEASE_KEYS)?;
+            txn.open_table(MEMBERS)?;
+            txn.open_table(SNAPSHOT)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The member's identity, if this data dir has been bootstrapped.
+    pub fn identity(&self) -> Result<Option<MemberIdentity>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let Some(raw) = meta.get(meta_key::IDENTITY)? else {
+            return Ok(None);
+        };
+        MemberIdentity::decode(raw.value())
+            .map(Some)
+            .map_err(|e| StorageError::corrupt("member identity", e))
+    }
+
+    /// Records the member's identity (once, at bootstrap), durably.
+    pub fn save_identity(&self, identity: &MemberIdentity) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(meta_key::IDENTITY, identity.encode_to_vec().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+pub(crate) fn decode_u32(raw: &[u8]) -> Result<u32, StorageError> {
+    let bytes: [u8; 4] = raw
+        .try_into()
+        .map_err(|_| StorageError::corrupt("u32", format!("{} bytes", raw.len())))?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+pub(crate) fn decode_i64(raw: &[u8]) -> Result<i64, StorageError> {
+    let bytes: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| StorageError::corrupt("i64", format!("{} bytes", raw.len())))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+/// Reads an i64 meta value (0 when absent) from any table handle.
+pub(crate) fn meta_i64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<i64, StorageError> {
+    match meta.get(key)? {
+        Some(v) => decode_i64(v.value()),
+        None => Ok(0),
+    }
+}
+
+/// Reads a MessagePack meta value from any table handle.
+pub(crate) fn meta_rmp<T: serde::de::DeserializeOwned>(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<T>, StorageError> {
+    match meta.get(key)? {
+        Some(v) => rmp_serde::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StorageError::corrupt(key, e)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn to_rmp<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain data structs to MessagePack cannot fail.
+    rmp_serde::to_vec(value).expect("MessagePack encoding of witan's own types")
+}
+
+/// Runs blocking storage work without starving the async runtime.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unknown_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let txn = store.db().begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(meta_key::FORMAT_VERSION, 99u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        drop(store);
+        match Store::open(dir.path()) {
+            Err(StorageError::UnsupportedFormat { found: 99 }) => {}
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("opened an unknown format"),
+        }
+    }
+}

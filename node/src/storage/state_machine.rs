@@ -1,0 +1,364 @@
+//! The replicated state machine (openraft's `RaftStateMachine`): applies
+//! committed batches to the MVCC tables, builds and installs snapshots.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use prost::Message;
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+use super::snapshot::SnapshotImage;
+use super::{
+    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store, blocking,
+    meta_i64, meta_key, meta_rmp, to_rmp,
+};
+use crate::hub::{ApplyHub, ApplyNotice};
+use crate::lease::lessor::Lessor;
+use crate::mvcc::apply::{Applier, ApplyError, LeaseChange};
+use crate::mvcc::read::ReadView;
+use crate::proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
+};
+use crate::proto::witanpb::internal_request::Request;
+use crate::proto::witanpb::internal_response::Response;
+use crate::proto::witanpb::{InternalRequest, InternalResponse};
+use crate::raft::types::{
+    BatchResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// The state machine half of a member's database.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Store,
+    hub: ApplyHub,
+    lessor: Arc<Lessor>,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+impl StateMachine {
+    /// Opens the state machine and loads lease deadlines from storage.
+    pub fn new(
+        store: Store,
+        hub: ApplyHub,
+        lessor: Arc<Lessor>,
+    ) -> Result<Self, super::StorageError> {
+        let sm = StateMachine { store, hub, lessor };
+        let leases = sm.lease_ttls()?;
+        sm.lessor.reset(leases, Instant::now());
+        Ok(sm)
+    }
+
+    fn lease_ttls(&self) -> Result<Vec<(i64, i64)>, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let mut out = Vec::new();
+        for item in txn.open_table(LEASES)?.iter()? {
+            let (id, raw) = item?;
+            let record = crate::proto::witanpb::LeaseRecord::decode(raw.value())
+                .map_err(|e| super::StorageError::corrupt("lease record", e))?;
+            out.push((id.value(), record.ttl));
+        }
+        Ok(out)
+    }
+
+    fn applied(&self) -> Result<(Option<LogId>, StoredMembership), super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let applied: Option<LogId> = meta_rmp(&meta, meta_key::APPLIED)?;
+        let membership: Option<StoredMembership> = meta_rmp(&meta, meta_key::MEMBERSHIP)?;
+        Ok((applied, membership.unwrap_or_default()))
+    }
+
+    fn apply_entries(
+        &self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<BatchResponse>, super::StorageError> {
+        let mut txn = self.store.db().begin_write()?;
+        // Not fsynced here: the log already is, and the next log append's
+        // fsync makes this commit durable too. A crash replays from the
+        // applied id stored below.
+        txn.set_durability(Durability::None)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
+        let mut responses = Vec::with_capacity(entries.len());
+        let (events, lease_changes, revision) = {
+            let mut meta = txn.open_table(META)?;
+            let revision = meta_i64(&meta, meta_key::REVISION)?.max(1);
+            let compact_revision = meta_i64(&meta, meta_key::COMPACT_REVISION)?;
+            let mut members = txn.open_table(MEMBERS)?;
+            let mut applier = Applier::new(
+                ReadView {
+                    latest: txn.open_table(KV_LATEST)?,
+                    history: txn.open_table(KV_HISTORY)?,
+                    revs: txn.open_table(KV_REVS)?,
+                    revision,
+                    compact_revision,
+                },
+                txn.open_table(LEASES)?,
+                txn.open_table(LEASE_KEYS)?,
+            );
+            let mut last_applied = None;
+            let mut membership = None;
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                let mut batch_responses = Vec::new();
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(batch) => {
+                        for request in &batch.0 {
+                            batch_responses.push(apply_one(&mut applier, &mut members, request)?);
+                        }
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    }
+                }
+                responses.push(BatchResponse(batch_responses));
+            }
+            if let Some(applied) = last_applied {
+                meta.insert(meta_key::APPLIED, to_rmp(&applied).as_slice())?;
+            }
+            if let Some(membership) = membership {
+                meta.insert(meta_key::MEMBERSHIP, to_rmp(&membership).as_slice())?;
+            }
+            meta.insert(
+                meta_key::REVISION,
+                applier.view.revision.to_le_bytes().as_slice(),
+            )?;
+            meta.insert(
+                meta_key::COMPACT_REVISION,
+                applier.view.compact_revision.to_le_bytes().as_slice(),
+            )?;
+            (
+                std::mem::take(&mut applier.events),
+                std::mem::take(&mut applier.lease_changes),
+                applier.view.revision,
+            )
+        };
+        txn.commit()?;
+        let now = Instant::now();
+        for change in lease_changes {
+            match change {
+                LeaseChange::Granted { id, ttl_secs } => self.lessor.granted(id, ttl_secs, now),
+                LeaseChange::Revoked { id } => self.lessor.revoked(id),
+            }
+        }
+        self.hub.publish(ApplyNotice {
+            revision,
+            events,
+            reset: false,
+        });
+        Ok(responses)
+    }
+
+    fn build(&self) -> Result<Snapshot, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let (applied, membership) = {
+            let meta = txn.open_table(META)?;
+            let applied: Option<LogId> = meta_rmp(&meta, meta_key::APPLIED)?;
+            let membership: Option<StoredMembership> = meta_rmp(&meta, meta_key::MEMBERSHIP)?;
+            (applied, membership.unwrap_or_default())
+        };
+        let image = SnapshotImage::capture(&txn)?;
+        drop(txn);
+        let data = image.encode();
+        let snapshot_id = match applied {
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term,
+                id.index,
+                rand::random::<u32>()
+            ),
+            None => format!("0-0-{}", rand::random::<u32>()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.save_snapshot(&meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), super::StorageError> {
+        let txn = self.store.db().begin_write()?;
+        {
+            let mut table = txn.open_table(SNAPSHOT)?;
+            table.insert("meta", to_rmp(meta).as_slice())?;
+            table.insert("data", data)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), super::StorageError> {
+        let image = SnapshotImage::decode(&data)?;
+        let txn = self.store.db().begin_write()?;
+        image.restore(&txn)?;
+        {
+            let mut table = txn.open_table(META)?;
+            if let Some(applied) = meta.last_log_id {
+                table.insert(meta_key::APPLIED, to_rmp(&applied).as_slice())?;
+            }
+            table.insert(
+                meta_key::MEMBERSHIP,
+                to_rmp(&meta.last_membership).as_slice(),
+            )?;
+            let mut snap = txn.open_table(SNAPSHOT)?;
+            snap.insert("meta", to_rmp(meta).as_slice())?;
+            snap.insert("data", data.as_slice())?;
+        }
+        txn.commit()?;
+        self.lessor.reset(image.lease_ttls()?, Instant::now());
+        self.hub.publish(ApplyNotice {
+            revision: image.revision,
+            events: Vec::new(),
+            reset: true,
+        });
+        tracing::info!(revision = image.revision, "installed snapshot");
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot>, super::StorageError> {
+        let txn = self.store.db().begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = rmp_serde::from_slice(meta.value())
+            .map_err(|e| super::StorageError::corrupt("snapshot meta", e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+        }))
+    }
+}
+
+/// Applies one request; a deterministic rejection becomes an error response.
+fn apply_one(
+    applier: &mut Applier<'_>,
+    members: &mut redb::Table<'_, u64, &'static [u8]>,
+    request: &InternalRequest,
+) -> Result<InternalResponse, super::StorageError> {
+    let result: Result<Response, ApplyError> = match &request.request {
+        Some(Request::Put(req)) => applier.put(req).map(|r| {
+            Response::Put(PutResponse {
+                header: header(applier.view.revision),
+                ..r
+            })
+        }),
+        Some(Request::DeleteRange(req)) => applier.delete_range(req).map(|r| {
+            Response::DeleteRange(DeleteRangeResponse {
+                header: header(applier.view.revision),
+                ..r
+            })
+        }),
+        Some(Request::Txn(req)) => applier.txn(req).map(|r| {
+            Response::Txn(TxnResponse {
+                header: header(applier.view.revision),
+                ..r
+            })
+        }),
+        Some(Request::Compaction(req)) => applier.compact(req).map(|()| {
+            Response::Compaction(CompactionResponse {
+                header: header(applier.view.revision),
+            })
+        }),
+        Some(Request::LeaseGrant(req)) => applier.lease_grant(req).map(|r| {
+            Response::LeaseGrant(LeaseGrantResponse {
+                header: header(applier.view.revision),
+                ..r
+            })
+        }),
+        Some(Request::LeaseRevoke(req)) => applier.lease_revoke(req).map(|()| {
+            Response::LeaseRevoke(LeaseRevokeResponse {
+                header: header(applier.view.revision),
+            })
+        }),
+        Some(Request::Publish(attrs)) => members
+            .insert(attrs.member_id, attrs.encode_to_vec().as_slice())
+            .map(|_| Response::Published(true))
+            .map_err(|e| ApplyError::Storage(e.into())),
+        None => Ok(Response::Published(false)),
+    };
+    match result {
+        Ok(response) => Ok(InternalResponse {
+            response: Some(response),
+        }),
+        Err(ApplyError::Rejected(err)) => Ok(InternalResponse {
+            response: Some(Response::Error(err.to_wire())),
+        }),
+        Err(ApplyError::Storage(err)) => Err(err),
+    }
+}
+
+fn sm_err(e: super::StorageError) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::write_state_machine(&e),
+    }
+}
+
+fn snap_err(e: super::StorageError) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::write_snapshot(None, &e),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        blocking(|| self.build()).map_err(snap_err)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        blocking(|| self.applied()).map_err(|e| StorageError::IO {
+            source: StorageIOError::read_state_machine(&e),
+        })
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        blocking(|| self.apply_entries(entries)).map_err(sm_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        blocking(|| self.install(meta, data)).map_err(snap_err)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        blocking(|| self.current_snapshot()).map_err(|e| StorageError::IO {
+            source: StorageIOError::read_snapshot(None, &e),
+        })
+    }
+}
