@@ -43,13 +43,24 @@ impl fmt::Display for Batch {
     }
 }
 
+/// Encodes messages as field 1 of a wrapper message (`InternalBatch`,
+/// `InternalBatchResponse`) without copying them into one first: entries
+/// are encoded for the log and for every follower.
+fn encode_repeated<M: Message>(items: &[M]) -> Vec<u8> {
+    let len: usize = items
+        .iter()
+        .map(|m| prost::encoding::message::encoded_len(1, m))
+        .sum();
+    let mut buf = Vec::with_capacity(len);
+    for item in items {
+        prost::encoding::message::encode(1, item, &mut buf);
+    }
+    buf
+}
+
 impl Serialize for Batch {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = InternalBatch {
-            requests: self.0.clone(),
-        }
-        .encode_to_vec();
-        s.serialize_bytes(&bytes)
+        s.serialize_bytes(&encode_repeated(&self.0))
     }
 }
 
@@ -64,11 +75,7 @@ impl<'de> Deserialize<'de> for Batch {
 
 impl Serialize for BatchResponse {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = InternalBatchResponse {
-            responses: self.0.clone(),
-        }
-        .encode_to_vec();
-        s.serialize_bytes(&bytes)
+        s.serialize_bytes(&encode_repeated(&self.0))
     }
 }
 
