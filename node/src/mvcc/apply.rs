@@ -8,7 +8,6 @@ use super::range::KeyRange;
 use super::read::ReadView;
 use super::{KIND_DELETE, KIND_PUT, decode_history, encode_history};
 use crate::error::EtcdError;
-use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request as OpRequest;
 use crate::proto::etcdserverpb::response_op::Response as OpResponse;
 use crate::proto::etcdserverpb::{
@@ -338,20 +337,8 @@ impl<'t> Applier<'t> {
         Ok(result?)
     }
 
-    /// One compare, over every key in its range (etcd's applyCompare).
     fn compare(&self, cmp: &Compare) -> Result<bool, ApplyError> {
-        let range = KeyRange::new(&cmp.key, &cmp.range_end);
-        let (kvs, _) = self.view.scan(&range, i64::MAX, usize::MAX)?;
-        let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
-        if kvs.is_empty() {
-            // A value compare on a missing key always fails: there is no
-            // way to tell a missing value from an empty one.
-            if target == CompareTarget::Value {
-                return Ok(false);
-            }
-            return Ok(compare_kv(cmp, &KeyValue::default()));
-        }
-        Ok(kvs.iter().all(|kv| compare_kv(cmp, kv)))
+        Ok(self.view.compare(cmp)?)
     }
 
     /// Compact: drop history below `revision`, keeping for each key the
@@ -477,38 +464,4 @@ pub fn lease_keys_of(
         keys.push(k.value().1.to_vec());
     }
     Ok(keys)
-}
-
-/// etcd's compareKV: one key-value against one compare.
-pub fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
-    let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
-    let ordering = match target {
-        CompareTarget::Value => {
-            let wanted: &[u8] = match &cmp.target_union {
-                Some(TargetUnion::Value(v)) => v,
-                _ => &[],
-            };
-            kv.value.as_slice().cmp(wanted)
-        }
-        CompareTarget::Create => kv.create_revision.cmp(&int_target(cmp)),
-        CompareTarget::Mod => kv.mod_revision.cmp(&int_target(cmp)),
-        CompareTarget::Version => kv.version.cmp(&int_target(cmp)),
-        CompareTarget::Lease => kv.lease.cmp(&int_target(cmp)),
-    };
-    match CompareResult::try_from(cmp.result).unwrap_or(CompareResult::Equal) {
-        CompareResult::Equal => ordering.is_eq(),
-        CompareResult::NotEqual => ordering.is_ne(),
-        CompareResult::Greater => ordering.is_gt(),
-        CompareResult::Less => ordering.is_lt(),
-    }
-}
-
-fn int_target(cmp: &Compare) -> i64 {
-    match cmp.target_union {
-        Some(TargetUnion::Version(v))
-        | Some(TargetUnion::CreateRevision(v))
-        | Some(TargetUnion::ModRevision(v))
-        | Some(TargetUnion::Lease(v)) => v,
-        _ => 0,
-    }
 }

@@ -43,3 +43,6 @@ pub(crate) fn decode_history(raw: &[u8]) -> Result<(u8, KeyValue), StorageError>
 pub(crate) fn decode_kv(raw: &[u8]) -> Result<KeyValue, StorageError> {
     KeyValue::decode(raw).map_err(|e| StorageError::corrupt("key-value", e))
 }
+
+#[cfg(test)]
+mod tests;

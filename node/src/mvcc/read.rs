@@ -9,8 +9,13 @@ use redb::ReadableTable;
 use super::range::KeyRange;
 use super::{KIND_DELETE, decode_history, decode_kv};
 use crate::error::EtcdError;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::etcdserverpb::request_op::Request as OpRequest;
+use crate::proto::etcdserverpb::response_op::Response as OpResponse;
+use crate::proto::etcdserverpb::{
+    Compare, RangeRequest, RangeResponse, ResponseOp, TxnRequest, TxnResponse,
+};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::storage::StorageError;
 
@@ -127,6 +132,62 @@ where
             }
             None => Ok(None),
         }
+    }
+
+    /// One compare, over every key in its range (etcd's applyCompare).
+    pub fn compare(&self, cmp: &Compare) -> Result<bool, StorageError> {
+        let range = KeyRange::new(&cmp.key, &cmp.range_end);
+        let (kvs, _) = self.scan(&range, i64::MAX, usize::MAX)?;
+        let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
+        if kvs.is_empty() {
+            // A value compare on a missing key always fails: there is no
+            // way to tell a missing value from an empty one.
+            if target == CompareTarget::Value {
+                return Ok(false);
+            }
+            return Ok(compare_kv(cmp, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(cmp, kv)))
+    }
+
+    /// Answers a txn that writes nothing, locally: compares decide the
+    /// branch, ranges read at this view's revision (without headers).
+    pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+        let mut succeeded = true;
+        for cmp in &req.compare {
+            if !self.compare(cmp)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(OpRequest::RequestRange(range)) => {
+                    OpResponse::ResponseRange(self.range(range)?)
+                }
+                Some(OpRequest::RequestTxn(nested)) => {
+                    OpResponse::ResponseTxn(self.read_only_txn(nested)?)
+                }
+                Some(_) => {
+                    return Err(EtcdError::Internal("write in a read-only txn".into()));
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
     }
 
     /// Answers a Range request (without its header).
@@ -260,4 +321,59 @@ pub fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
         SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
         _ => kvs.sort_by(cmp),
     }
+}
+
+/// etcd's compareKV: one key-value against one compare.
+pub fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
+    let target = CompareTarget::try_from(cmp.target).unwrap_or(CompareTarget::Version);
+    let ordering = match target {
+        CompareTarget::Value => {
+            let wanted: &[u8] = match &cmp.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(wanted)
+        }
+        CompareTarget::Create => kv.create_revision.cmp(&int_target(cmp)),
+        CompareTarget::Mod => kv.mod_revision.cmp(&int_target(cmp)),
+        CompareTarget::Version => kv.version.cmp(&int_target(cmp)),
+        CompareTarget::Lease => kv.lease.cmp(&int_target(cmp)),
+    };
+    match CompareResult::try_from(cmp.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+fn int_target(cmp: &Compare) -> i64 {
+    match cmp.target_union {
+        Some(TargetUnion::Version(v))
+        | Some(TargetUnion::CreateRevision(v))
+        | Some(TargetUnion::ModRevision(v))
+        | Some(TargetUnion::Lease(v)) => v,
+        _ => 0,
+    }
+}
+
+/// Whether a txn writes anything on either branch, at any depth.
+pub fn txn_writes(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .any(|op| match &op.request {
+            Some(OpRequest::RequestPut(_)) | Some(OpRequest::RequestDeleteRange(_)) => true,
+            Some(OpRequest::RequestTxn(t)) => txn_writes(t),
+            _ => false,
+        })
+}
+
+/// Whether a read-only txn may be served without ReadIndex: every op is a
+/// serializable range (etcd's isTxnSerializable).
+pub fn txn_serializable(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .all(|op| matches!(&op.request, Some(OpRequest::RequestRange(r)) if r.serializable))
 }

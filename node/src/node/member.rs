@@ -94,6 +94,10 @@ impl Member {
 
     /// Proposes a write and returns its response, or etcd's error.
     pub async fn propose(&self, request: InternalRequest) -> Result<Response, EtcdError> {
+        // etcd measures the replicated request against --max-request-bytes.
+        if request.encoded_len() > self.config.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
         let response = self.proposer.propose(request).await?;
         match response.response {
             Some(Response::Error(code)) => Err(EtcdError::from_wire(code)),

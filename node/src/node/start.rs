@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument;
 
 use super::committer::Committer;
 use super::member::Member;
@@ -125,8 +126,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let store = Store::open(&config.data_dir)?;
     let (identity, fresh) = identity(&config, &store)?;
     let id = identity.member_id;
+    // Every task of this member logs inside this span, so its lines carry
+    // the member id.
     let span = tracing::info_span!("member", id = %format!("{id:x}"), name = %config.name);
-    let _enter = span.enter();
 
     let revision = {
         use redb::ReadableDatabase;
@@ -174,7 +176,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         raft.initialize(members)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        tracing::info!(cluster = %format!("{:x}", identity.cluster_id), "bootstrapped a new cluster");
+        tracing::info!(parent: &span, cluster = %format!("{:x}", identity.cluster_id), "bootstrapped a new cluster");
     }
 
     let request_timeout = Duration::from_millis((config.election_timeout_ms * 5).max(5_000));
@@ -212,18 +214,21 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "peer server failed");
+        tasks.push(tokio::spawn(
+            async move {
+                let result = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "peer server failed");
+                }
             }
-        }));
+            .instrument(span.clone()),
+        ));
     }
     let mut client_addrs = Vec::new();
     for listener in client_listeners {
@@ -231,25 +236,22 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
             addr: config.listen_client_addrs[0],
             source,
         })?);
-        tasks.push(tokio::spawn(crate::server::serve(
-            member.clone(),
-            listener,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(
+            crate::server::serve(member.clone(), listener, stop_rx.clone())
+                .instrument(span.clone()),
+        ));
     }
-    tasks.push(tokio::spawn(tasks::promote_leases_on_leadership(
-        member.clone(),
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(tasks::sweep_expired_leases(
-        member.clone(),
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(tasks::publish_attributes(
-        member.clone(),
-        stop_rx.clone(),
-    )));
-    tracing::info!(client = ?client_addrs, peer = ?peer_addrs, "serving");
+    tasks.push(tokio::spawn(
+        tasks::promote_leases_on_leadership(member.clone(), stop_rx.clone())
+            .instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        tasks::sweep_expired_leases(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        tasks::publish_attributes(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tracing::info!(parent: &span, client = ?client_addrs, peer = ?peer_addrs, "serving");
     Ok(RunningMember {
         member,
         client_addrs,

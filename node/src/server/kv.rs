@@ -5,13 +5,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
-use crate::mvcc::validate;
+use crate::mvcc::{read, validate};
 use crate::node::Member;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::response_op::Response as OpResponse;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::witanpb::InternalRequest;
 use crate::proto::witanpb::internal_request::Request as Internal;
@@ -34,23 +34,21 @@ impl KvService {
             .await
     }
 
-    /// Puts the member's header on the top-level response and any nested
-    /// ones (the state machine only knows the revision).
+    /// Puts the member's header on a txn response and every response in
+    /// it (the state machine only knows the revision).
     fn fill_txn_headers(&self, resp: &mut TxnResponse) {
-        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        let revision = revision_of(&resp.header);
+        self.fill_txn_headers_at(resp, revision);
+    }
+
+    fn fill_txn_headers_at(&self, resp: &mut TxnResponse, revision: i64) {
         resp.header = self.member.header(revision);
         for op in &mut resp.responses {
             match &mut op.response {
                 Some(OpResponse::ResponseRange(r)) => r.header = self.member.header(revision),
                 Some(OpResponse::ResponsePut(r)) => r.header = self.member.header(revision),
                 Some(OpResponse::ResponseDeleteRange(r)) => r.header = self.member.header(revision),
-                Some(OpResponse::ResponseTxn(t)) => {
-                    t.header = Some(Default::default());
-                    if let Some(h) = t.header.as_mut() {
-                        h.revision = revision;
-                    }
-                    self.fill_txn_headers(t);
-                }
+                Some(OpResponse::ResponseTxn(t)) => self.fill_txn_headers_at(t, revision),
                 None => {}
             }
         }
@@ -109,8 +107,23 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         validate::check_txn(&req, self.member.config.max_txn_ops)?;
-        // Read-only txns go through the log too: their compares and reads
-        // then happen at one point of the history (and use no revision).
+        if !read::txn_writes(&req) {
+            // Read-only: one consistent local view after ReadIndex, as etcd
+            // serves it; no log entry, no revision.
+            if !read::txn_serializable(&req) {
+                self.member.linearizable_barrier().await?;
+            }
+            let mut resp = self.member.read(|view| {
+                let mut resp = view.read_only_txn(&req)?;
+                resp.header = Some(ResponseHeader {
+                    revision: view.revision,
+                    ..Default::default()
+                });
+                Ok(resp)
+            })?;
+            self.fill_txn_headers(&mut resp);
+            return Ok(Response::new(resp));
+        }
         match self.propose(Internal::Txn(req)).await? {
             Applied::Txn(mut resp) => {
                 self.fill_txn_headers(&mut resp);

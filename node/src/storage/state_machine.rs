@@ -144,6 +144,7 @@ impl StateMachine {
             )
         };
         txn.commit()?;
+        tracing::trace!(revision, "applied batch");
         let now = Instant::now();
         for change in lease_changes {
             match change {
