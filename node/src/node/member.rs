@@ -55,6 +55,9 @@ pub struct Member {
     pub committer: Arc<Committer>,
     pub proposer: Proposer,
     pub barrier: ReadBarrier,
+    /// Flips to true when the member starts shutting down; long-lived
+    /// streams end on it.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Member {

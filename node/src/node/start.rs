@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use super::committer::Committer;
@@ -29,6 +29,9 @@ use crate::raft::types::{MemberNode, Raft};
 use crate::storage::log_store::LogStore;
 use crate::storage::state_machine::StateMachine;
 use crate::storage::{META, StorageError, Store, meta_i64, meta_key};
+
+/// How long shutdown waits for servers and tasks before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +62,15 @@ impl RunningMember {
     /// Stops serving, stops Raft and waits for every task to end.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // Streams end on the stop signal; the deadline only guards against
+        // a client that never lets go, so shutdown can never hang.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for task in self.tasks {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a server task outlived the shutdown grace period; aborting it");
+                abort.abort();
+            }
         }
         if let Err(e) = self.member.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -139,7 +149,10 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let hub = ApplyHub::new(revision);
     let lessor = Arc::new(Lessor::new());
     let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone())?;
-    let log_store = LogStore::new(store.clone());
+    let log_store = LogStore::new(store.clone()).map_err(|source| StorageError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let network = PeerNetwork::default();
     let channels = network.channels.clone();
 
@@ -187,6 +200,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         hub: hub.clone(),
         request_timeout,
     });
+    let (stop, stop_rx) = watch::channel(false);
     let member = Arc::new(Member {
         id,
         cluster_id: identity.cluster_id,
@@ -198,9 +212,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         proposer: Proposer::start(committer.clone()),
         barrier: ReadBarrier::start(committer.clone()),
         committer,
+        stopping: stop_rx.clone(),
     });
 
-    let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut peer_addrs = Vec::new();
     for listener in peer_listeners {
@@ -219,9 +233,12 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                        let _ = stop.changed().await;
-                    })
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        async move {
+                            let _ = stop.changed().await;
+                        },
+                    )
                     .await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "peer server failed");

@@ -96,9 +96,15 @@ impl Lease for LeaseService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let member = self.member.clone();
+        let mut stopping = self.member.stopping.clone();
         tokio::spawn(async move {
             loop {
-                let req = match inbound.message().await {
+                let next = tokio::select! {
+                    // Shutting down: end the stream so the server can stop.
+                    _ = stopping.changed() => return,
+                    next = inbound.message() => next,
+                };
+                let req = match next {
                     Ok(Some(req)) => req,
                     Ok(None) => return,
                     Err(status) => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::node::Member;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -53,9 +53,12 @@ pub async fn serve(
             maintenance::MaintenanceService::new(member.clone()),
         ))
         .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.changed().await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop.changed().await;
+            },
+        )
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "client server failed");

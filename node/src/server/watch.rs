@@ -116,8 +116,12 @@ impl StreamTask {
         let interval = self.member.config.watch_progress_notify_interval;
         let mut progress =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut stopping = self.member.stopping.clone();
         loop {
             let step = tokio::select! {
+                // The member is shutting down: end the stream so the server
+                // can finish; clients reconnect to another member.
+                _ = stopping.changed() => Err(Gone),
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => self.handle_request(req).await,
                     Ok(None) => Err(Gone),
@@ -197,10 +201,14 @@ impl StreamTask {
             }
             req.watch_id
         } else {
+            // Ids only grow on a stream (as etcd's), so a late response
+            // for a cancelled watch is never taken for a new one.
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            let id = self.next_id;
+            self.next_id += 1;
+            id
         };
         // An empty key watches from "\0", as etcd rewrites it.
         let key = if req.key.is_empty() {

@@ -1,8 +1,11 @@
 //! The Raft log and vote in redb (openraft's `RaftLogStorage`).
 //!
-//! Every append is one redb transaction committed with fsync. Group commit
-//! happens above: the proposer packs many client requests into one entry,
-//! and openraft hands several entries to one `append` when they queue up.
+//! An append is written at once (readable, not yet durable) and its fsync is
+//! left to a flusher thread, which makes every append that arrived meanwhile
+//! durable with one fsync and only then tells openraft. So the leader's own
+//! fsync runs in parallel with replication to followers, and appends that
+//! queue up share one fsync. Group commit also happens above: the proposer
+//! packs many client requests into one entry.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -18,11 +21,19 @@ use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
-    pub fn new(store: Store) -> Self {
-        LogStore { store }
+    /// Opens the log and starts its flusher thread, which ends when the
+    /// last clone of the log store is dropped.
+    pub fn new(store: Store) -> Result<Self, std::io::Error> {
+        let (flusher, pending) = std::sync::mpsc::channel();
+        let db = store.clone();
+        std::thread::Builder::new()
+            .name("witan-log-flush".into())
+            .spawn(move || flush_loop(db, pending))?;
+        Ok(LogStore { store, flusher })
     }
 
     fn read_entries(
@@ -80,15 +91,16 @@ impl LogStore {
     }
 
     fn append_entries(&self, entries: Vec<Entry>) -> Result<(), super::StorageError> {
-        let txn = self.store.db().begin_write()?;
+        let mut txn = self.store.db().begin_write()?;
+        // Readable now, durable once the flusher's next commit lands.
+        txn.set_durability(Durability::None)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             for entry in &entries {
                 log.insert(entry.log_id.index, to_rmp(entry).as_slice())?;
             }
         }
-        // Immediate durability (redb's default): the fsync that makes the
-        // entries, and every earlier non-durable apply, survive a crash.
         txn.commit()?;
         Ok(())
     }
@@ -174,10 +186,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let result = blocking(|| self.append_entries(entries));
-        match result {
+        match blocking(|| self.append_entries(entries)) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.flusher.send(callback) {
+                    // The flusher only ends when every sender is gone, so
+                    // this cannot happen while `self` exists.
+                    unsent
+                        .0
+                        .log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -201,5 +218,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
         })
         .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
+    }
+}
+
+/// Makes pending appends durable: one fsync for everything that queued up
+/// while the previous one ran, then every waiting callback is told.
+fn flush_loop(store: Store, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        // An empty durable commit still writes a new commit header and
+        // fsyncs, which makes every earlier non-durable commit durable.
+        let result = store
+            .db()
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|txn| txn.commit().map_err(redb::Error::from));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "flushing the raft log failed");
+        }
+        for callback in waiting {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
     }
 }

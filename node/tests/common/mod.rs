@@ -17,6 +17,7 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use witan_node::config::{Config, Flags};
+use witan_node::node::start::StartError;
 use witan_node::node::{Member, RunningMember, start};
 use witan_node::proto::etcdserverpb::cluster_client::ClusterClient;
 use witan_node::proto::etcdserverpb::kv_client::KvClient;
@@ -24,7 +25,9 @@ use witan_node::proto::etcdserverpb::lease_client::LeaseClient;
 use witan_node::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 /// How long a cluster may take to elect its first leader or a new one.
-pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// Attempts at starting a cluster before a port conflict fails the test.
+const START_ATTEMPTS: usize = 5;
 /// Pause between two polls of a condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -137,6 +140,22 @@ impl TestCluster {
     /// Starts `size` members with the test defaults plus `extra_flags`.
     pub async fn start(size: usize, extra_flags: &[&str]) -> Self {
         init_tracing();
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(size, extra_flags).await {
+                Ok(cluster) => return cluster,
+                // Between allocating a port and binding it, another test's
+                // socket can take it: start over on fresh ports.
+                Err(StartError::Bind { addr, source }) if attempt < START_ATTEMPTS => {
+                    eprintln!("{addr} was taken ({source}); starting over on fresh ports");
+                    attempt += 1;
+                }
+                Err(e) => panic!("starting a {size}-member cluster: {e}"),
+            }
+        }
+    }
+
+    async fn try_start(size: usize, extra_flags: &[&str]) -> Result<Self, StartError> {
         let dir = TempDir::new().expect("temp dir");
         let ports = free_ports(2 * size);
         let (client_ports, peer_ports) = ports.split_at(size);
@@ -160,18 +179,23 @@ impl TestCluster {
             .collect();
         let mut members = Vec::new();
         for config in &configs {
-            members.push(Some(start(config.clone()).await.expect("member starts")));
+            match start(config.clone()).await {
+                Ok(running) => members.push(running),
+                Err(e) => {
+                    for running in members {
+                        running.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        let ids = members
-            .iter()
-            .map(|m| m.as_ref().expect("just started").member.id)
-            .collect();
-        TestCluster {
+        let ids = members.iter().map(|m| m.member.id).collect();
+        Ok(TestCluster {
             configs,
-            members,
+            members: members.into_iter().map(Some).collect(),
             ids,
             _dir: dir,
-        }
+        })
     }
 
     pub fn size(&self) -> usize {
@@ -236,7 +260,7 @@ impl TestCluster {
     /// Waits until every running member follows one running leader, and
     /// returns the leader's index.
     pub async fn leader(&self) -> usize {
-        wait_for(ELECTION_TIMEOUT, "an agreed leader", || async {
+        wait_for(LEADER_WAIT, "an agreed leader", || async {
             self.agreed_leader()
         })
         .await
@@ -246,7 +270,10 @@ impl TestCluster {
         let running = self.running();
         let first = running.first()?;
         let leader_id = self.member(*first).raft.metrics().borrow().current_leader?;
-        let leader = running.iter().copied().find(|&i| self.ids[i] == leader_id)?;
+        let leader = running
+            .iter()
+            .copied()
+            .find(|&i| self.ids[i] == leader_id)?;
         let is_leader = self.member(leader).raft.metrics().borrow().state == ServerState::Leader;
         let agreed = running
             .iter()
@@ -257,7 +284,10 @@ impl TestCluster {
     /// Running members other than the leader (waits for a leader).
     pub async fn followers(&self) -> Vec<usize> {
         let leader = self.leader().await;
-        self.running().into_iter().filter(|&i| i != leader).collect()
+        self.running()
+            .into_iter()
+            .filter(|&i| i != leader)
+            .collect()
     }
 
     /// Stops a member; its data dir stays for a restart.

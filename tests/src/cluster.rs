@@ -1,0 +1,484 @@
+//! A cluster of real `witan` processes on loopback ports.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::binary::witan_bin;
+use crate::ctl::{self, CtlOutput};
+use crate::process::{LineChild, poll_until};
+
+/// Raft timing for every test member: fast elections keep tests short.
+pub const HEARTBEAT_MS: &str = "50";
+pub const ELECTION_MS: &str = "500";
+/// How long a member may take to become healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times a cluster start is retried when a port was taken between
+/// choosing it and the member binding it.
+const START_ATTEMPTS: usize = 3;
+/// Lines of each member's log shown when something fails.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Ports handed out by this process, so parallel tests never share one.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// `n` distinct free loopback ports, all chosen at once (every listener is
+/// held until all are bound), never one this process handed out before.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.get_or_insert_with(HashSet::new);
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..n * 20 {
+        if ports.len() == n {
+            break;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if handed.insert(port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    assert_eq!(ports.len(), n, "could not find {n} free ports");
+    drop(held);
+    ports
+}
+
+/// One `witan` process (or its remains after a kill): name, ports, data dir
+/// and log file. Killed with SIGKILL when dropped.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    data_dir: TempDir,
+    log_path: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The flags this member runs with (the same on every restart).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening member log");
+        let log_err = log.try_clone().expect("cloning log handle");
+        let child = Command::new(witan_bin())
+            .args(&self.args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", witan_bin().display()));
+        self.child = Some(child);
+    }
+
+    /// `kill -9` (std's `Child::kill` is SIGKILL on Unix) and reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `Some(description)` when the process has exited on its own.
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(format!("{} exited: {status}", self.name)),
+            Ok(None) => None,
+            Err(e) => Some(format!("{}: waiting failed: {e}", self.name)),
+        }
+    }
+
+    /// The last `n` lines of this member's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// N members started together with `--initial-cluster-state new`.
+pub struct Cluster {
+    members: Vec<Member>,
+    _logs: TempDir,
+}
+
+fn unique_token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "witan-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until every one is healthy.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with extra flags for every member.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match Cluster::try_start(n, extra_args) {
+                Ok(cluster) => return cluster,
+                // Someone took a port between choosing and binding: new ports.
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("cluster did not start after {START_ATTEMPTS} attempts:\n{last}")
+    }
+
+    fn try_start(n: usize, extra_args: &[&str]) -> Result<Cluster, String> {
+        assert!(n > 0);
+        let ports = free_ports(2 * n);
+        let logs = TempDir::with_prefix("witan-logs-").expect("log temp dir");
+        let token = unique_token();
+        let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(ports.chunks(2))
+            .map(|(name, p)| format!("{name}=http://127.0.0.1:{}", p[1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (name, p) in names.iter().zip(ports.chunks(2)) {
+            let (client_port, peer_port) = (p[0], p[1]);
+            let data_dir = TempDir::with_prefix(format!("witan-{name}-")).expect("data temp dir");
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let mut args: Vec<String> = [
+                "--name",
+                name,
+                "--data-dir",
+                &data_dir.path().display().to_string(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &token,
+                "--heartbeat-interval",
+                HEARTBEAT_MS,
+                "--election-timeout",
+                ELECTION_MS,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra_args.iter().map(|s| s.to_string()));
+            let log_path = logs.path().join(format!("{name}.log"));
+            File::create(&log_path).expect("creating member log");
+            members.push(Member {
+                name: name.clone(),
+                client_port,
+                peer_port,
+                data_dir,
+                log_path,
+                args,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            members,
+            _logs: logs,
+        };
+        for member in &mut cluster.members {
+            member.spawn();
+        }
+        let all: Vec<usize> = (0..n).collect();
+        cluster.try_wait_healthy(&all, READY_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn member(&self, i: usize) -> &Member {
+        &self.members[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Indexes of the members that are running.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// Comma-separated endpoints of every running member.
+    pub fn endpoints(&self) -> String {
+        self.running()
+            .into_iter()
+            .map(|i| self.members[i].endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].endpoint()
+    }
+
+    /// The tail of every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            out.push_str(&format!(
+                "----- {} ({}, {}) last {LOG_TAIL_LINES} log lines -----\n{}\n",
+                m.name,
+                if m.is_running() { "running" } else { "killed" },
+                m.log_path.display(),
+                m.log_tail(LOG_TAIL_LINES)
+            ));
+        }
+        out
+    }
+
+    /// `kill -9` member `i` (its data dir stays).
+    pub fn kill(&mut self, i: usize) {
+        assert!(self.members[i].is_running(), "{} is not running", i);
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again with the same data dir and flags and waits
+    /// until it is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].spawn();
+        self.wait_healthy(&[i], READY_TIMEOUT);
+    }
+
+    /// Polls `etcdctl endpoint health` on the given members until all pass.
+    pub fn wait_healthy(&mut self, which: &[usize], timeout: Duration) {
+        if let Err(e) = self.try_wait_healthy(which, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_wait_healthy(&mut self, which: &[usize], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<usize> = which.to_vec();
+        let mut last = String::new();
+        loop {
+            for &i in which {
+                if let Some(exit) = self.members[i].exited() {
+                    return Err(format!("{exit} before becoming healthy\n{}", self.logs()));
+                }
+            }
+            pending.retain(|&i| {
+                let out = CtlOutput::run(
+                    &self.members[i].endpoint(),
+                    &[
+                        "endpoint",
+                        "health",
+                        "--dial-timeout",
+                        "1s",
+                        "--command-timeout",
+                        "2s",
+                    ],
+                    None,
+                );
+                // etcdctl 3.4 reports health on stderr.
+                if out.success() && out.stderr.contains("is healthy") {
+                    false
+                } else {
+                    last = out.to_string();
+                    true
+                }
+            });
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "members {pending:?} not healthy after {timeout:?}; last check:\n{last}\n{}",
+                    self.logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs etcdctl against `endpoints` (not checked).
+    pub fn run(&self, endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        CtlOutput::run(endpoints, args, stdin)
+    }
+
+    /// Panics with the run and the member logs unless `out` succeeded;
+    /// returns its stdout.
+    pub fn expect_ok(&self, out: CtlOutput) -> String {
+        if !out.success() {
+            panic!("etcdctl failed:\n{out}\n{}", self.logs());
+        }
+        out.stdout
+    }
+
+    /// Like [`Cluster::expect_ok`] but returns the whole output (some
+    /// etcdctl commands, like `endpoint health`, answer on stderr).
+    pub fn expect_success(&self, out: CtlOutput) -> CtlOutput {
+        if !out.success() {
+            panic!("etcdctl failed:\n{out}\n{}", self.logs());
+        }
+        out
+    }
+
+    /// Panics unless `out` failed; returns it.
+    pub fn expect_err(&self, out: CtlOutput) -> CtlOutput {
+        if out.success() {
+            panic!("etcdctl unexpectedly succeeded:\n{out}\n{}", self.logs());
+        }
+        out
+    }
+
+    /// etcdctl against every running member; must succeed; stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        self.expect_ok(self.run(&self.endpoints(), args, None))
+    }
+
+    /// etcdctl against member `i` only; must succeed; stdout.
+    pub fn ctl_on(&self, i: usize, args: &[&str]) -> String {
+        self.expect_ok(self.run(&self.endpoint(i), args, None))
+    }
+
+    /// etcdctl against the given `--endpoints` value; must succeed; stdout.
+    pub fn ctl_on_endpoints(&self, endpoints: &str, args: &[&str]) -> String {
+        self.expect_ok(self.run(endpoints, args, None))
+    }
+
+    /// etcdctl with `stdin` against every running member; must succeed.
+    pub fn ctl_stdin(&self, args: &[&str], stdin: &str) -> String {
+        self.expect_ok(self.run(&self.endpoints(), args, Some(stdin)))
+    }
+
+    /// etcdctl against every running member; must fail.
+    pub fn ctl_err(&self, args: &[&str]) -> CtlOutput {
+        self.expect_err(self.run(&self.endpoints(), args, None))
+    }
+
+    /// `etcdctl endpoint status -w json` of member `i`: its `Status` object.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let out = self.ctl_on(i, &["endpoint", "status", "-w", "json"]);
+        let parsed: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("endpoint status json: {e}\n{out}"));
+        parsed[0]["Status"].clone()
+    }
+
+    /// The member id of member `i` (from its status header).
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.status(i)["header"]["member_id"]
+            .as_u64()
+            .expect("header.member_id")
+    }
+
+    /// Index of the leader, once every running member names the same
+    /// running member as leader.
+    pub fn leader(&self) -> usize {
+        let ids: Vec<(usize, u64)> = self
+            .running()
+            .into_iter()
+            .map(|i| (i, self.member_id(i)))
+            .collect();
+        poll_until(Duration::from_secs(30), "an agreed leader", || {
+            let leaders: Vec<u64> = ids
+                .iter()
+                .map(|&(i, _)| {
+                    let out = self.run(
+                        &self.endpoint(i),
+                        &["endpoint", "status", "-w", "json"],
+                        None,
+                    );
+                    serde_json::from_str::<serde_json::Value>(&out.stdout)
+                        .ok()
+                        .and_then(|v| v[0]["Status"]["leader"].as_u64())
+                        .unwrap_or(0)
+                })
+                .collect();
+            let first = leaders[0];
+            if first == 0 || leaders.iter().any(|&l| l != first) {
+                return Err(format!("leaders reported: {leaders:?}"));
+            }
+            ids.iter()
+                .find(|&&(_, id)| id == first)
+                .map(|&(i, _)| i)
+                .ok_or_else(|| format!("leader {first:x} is not a running member"))
+        })
+    }
+
+    /// `etcdctl watch <args>` in the background against every running
+    /// member, its stdout read line by line.
+    pub fn watch(&self, args: &[&str]) -> LineChild {
+        let mut full = vec!["watch"];
+        full.extend_from_slice(args);
+        LineChild::spawn(
+            format!("etcdctl {}", full.join(" ")),
+            ctl::command(&self.endpoints(), &full),
+        )
+    }
+}
