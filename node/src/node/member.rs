@@ -30,7 +30,7 @@ use crate::proto::witanpb::{
 };
 use crate::raft::types::{NodeId, Raft};
 use crate::storage::{
-    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, Store, blocking, meta_i64,
+    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, Store, inline, meta_i64,
     meta_key,
 };
 
@@ -76,7 +76,7 @@ impl Member {
         &self,
         f: impl FnOnce(&LocalView) -> Result<T, EtcdError>,
     ) -> Result<T, EtcdError> {
-        blocking(|| {
+        inline(|| {
             let txn = self.store.db().begin_read().map_err(storage_err)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
             let view = ReadView {
@@ -240,7 +240,7 @@ impl Member {
     }
 
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
-        blocking(|| {
+        inline(|| {
             let txn = self.store.db().begin_read().map_err(storage_err)?;
             let table = txn.open_table(LEASE_KEYS).map_err(storage_err)?;
             Ok(lease_keys_of(&table, id)?)
@@ -249,7 +249,7 @@ impl Member {
 
     /// Every lease id in the applied state.
     pub fn lease_ids(&self) -> Result<Vec<i64>, EtcdError> {
-        blocking(|| {
+        inline(|| {
             let txn = self.store.db().begin_read().map_err(storage_err)?;
             let table = txn.open_table(LEASES).map_err(storage_err)?;
             let mut ids = Vec::new();
@@ -265,7 +265,7 @@ impl Member {
 
     /// Attributes members published about themselves.
     pub fn member_attributes(&self, id: NodeId) -> Result<Option<MemberAttributes>, EtcdError> {
-        blocking(|| {
+        inline(|| {
             let txn = self.store.db().begin_read().map_err(storage_err)?;
             let table = txn.open_table(MEMBERS).map_err(storage_err)?;
             match table.get(id).map_err(storage_err)? {

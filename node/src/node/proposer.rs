@@ -16,7 +16,7 @@ pub const MAX_BATCH_REQUESTS: usize = 4096;
 /// Encoded bytes in one batch, at most (a single larger request still goes).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches proposed and not yet answered, at most.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// Requests waiting to be batched before callers are made to wait.
 const QUEUE_DEPTH: usize = 65_536;
 

@@ -14,7 +14,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
-use super::{META, RAFT_LOG, Store, blocking, meta_key, meta_rmp, to_rmp};
+use super::{META, RAFT_LOG, Store, inline, meta_key, meta_rmp, to_rmp};
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// The log half of a member's database.
@@ -81,6 +81,15 @@ impl LogStore {
         Ok(())
     }
 
+    fn put_meta_lazily(&self, key: &'static str, value: &[u8]) -> Result<(), super::StorageError> {
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &'static str,
@@ -139,7 +148,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let lo = range.start_bound().cloned();
         let hi = range.end_bound().cloned();
-        blocking(|| self.read_entries(lo, hi))
+        inline(|| self.read_entries(lo, hi))
             .map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
     }
 }
@@ -148,7 +157,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        blocking(|| self.log_state()).map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
+        inline(|| self.log_state()).map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,22 +165,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        blocking(|| self.put_meta(meta_key::VOTE, &to_rmp(vote)))
+        inline(|| self.put_meta(meta_key::VOTE, &to_rmp(vote)))
             .map_err(|e| io_err(e, |e| StorageIOError::write_vote(e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        blocking(|| self.get_meta(meta_key::VOTE))
+        inline(|| self.get_meta(meta_key::VOTE))
             .map_err(|e| io_err(e, |e| StorageIOError::read_vote(e)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        blocking(|| self.put_meta(meta_key::COMMITTED, &to_rmp(&committed)))
+        // Without fsync: the committed id only lets a restart re-apply
+        // sooner; losing it is safe. It rides along with the next fsync.
+        inline(|| self.put_meta_lazily(meta_key::COMMITTED, &to_rmp(&committed)))
             .map_err(|e| io_err(e, |e| StorageIOError::write(e)))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = blocking(|| self.get_meta(meta_key::COMMITTED))
+        let committed: Option<Option<LogId>> = inline(|| self.get_meta(meta_key::COMMITTED))
             .map_err(|e| io_err(e, |e| StorageIOError::read(e)))?;
         Ok(committed.flatten())
     }
@@ -186,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match blocking(|| self.append_entries(entries)) {
+        match inline(|| self.append_entries(entries)) {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {
                     // The flusher only ends when every sender is gone, so
@@ -205,12 +216,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        blocking(|| self.remove_range(Bound::Included(log_id.index), Bound::Unbounded, None))
+        inline(|| self.remove_range(Bound::Included(log_id.index), Bound::Unbounded, None))
             .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        blocking(|| {
+        inline(|| {
             self.remove_range(
                 Bound::Unbounded,
                 Bound::Included(log_id.index),

@@ -13,7 +13,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable};
 use super::snapshot::SnapshotImage;
 use super::{
     KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store, blocking,
-    meta_i64, meta_key, meta_rmp, to_rmp,
+    inline, meta_i64, meta_key, meta_rmp, to_rmp,
 };
 use crate::hub::{ApplyHub, ApplyNotice};
 use crate::lease::lessor::Lessor;
@@ -326,7 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        blocking(|| self.applied()).map_err(|e| StorageError::IO {
+        inline(|| self.applied()).map_err(|e| StorageError::IO {
             source: StorageIOError::read_state_machine(&e),
         })
     }
@@ -337,7 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        blocking(|| self.apply_entries(entries)).map_err(sm_err)
+        inline(|| self.apply_entries(entries)).map_err(sm_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -358,7 +358,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        blocking(|| self.current_snapshot()).map_err(|e| StorageError::IO {
+        inline(|| self.current_snapshot()).map_err(|e| StorageError::IO {
             source: StorageIOError::read_snapshot(None, &e),
         })
     }
