@@ -1,6 +1,6 @@
 //! witan through a real etcd client library (`etcd-client`), against a
-//! three-member cluster: watches, lease keep-alive streams and watch
-//! progress.
+//! three-member cluster: watches, lease keep-alive streams, watch progress
+//! and count-only ranges.
 
 mod common;
 
@@ -281,5 +281,38 @@ async fn watch_progress_is_notified_and_answers_requests() {
     };
     assert_eq!(answer.header().expect("header").revision(), revision);
     drop(stream);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn count_only_and_keys_only_ranges() {
+    // Debian's etcdctl 3.4 has no --count-only, so the library covers it.
+    let cluster = TestCluster::start(3, &[]).await;
+    let mut writer = connect(&cluster, 0).await;
+    for i in 0..5 {
+        put(&mut writer, &format!("count/{i}"), "value").await;
+    }
+    put(&mut writer, "other", "value").await;
+    let mut reader = connect(&cluster, 1).await;
+
+    let counted = reader
+        .get("count/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .expect("count-only get");
+    assert_eq!(counted.count(), 5);
+    assert!(counted.kvs().is_empty(), "count_only returns no key-values");
+
+    let limited = reader
+        .get(
+            "count/",
+            Some(GetOptions::new().with_prefix().with_keys_only().with_limit(2)),
+        )
+        .await
+        .expect("keys-only get");
+    assert_eq!(limited.count(), 5, "count ignores the limit");
+    assert!(limited.more());
+    let keys: Vec<&str> = limited.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    assert_eq!(keys, vec!["count/0", "count/1"]);
+    assert!(limited.kvs().iter().all(|kv| kv.value().is_empty()));
     cluster.shutdown().await;
 }
