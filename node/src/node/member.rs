@@ -25,7 +25,7 @@ use crate::proto::witanpb::forward_request::Request as FwdReq;
 use crate::proto::witanpb::forward_response::Response as FwdResp;
 use crate::proto::witanpb::internal_response::Response;
 use crate::proto::witanpb::{
-    ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest, LeaseRecord,
+    ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest,
     MemberAttributes,
 };
 use crate::raft::types::{NodeId, Raft};
@@ -254,10 +254,8 @@ impl Member {
             let table = txn.open_table(LEASES).map_err(storage_err)?;
             let mut ids = Vec::new();
             for item in table.iter().map_err(storage_err)? {
-                let (id, raw) = item.map_err(storage_err)?;
-                let record = LeaseRecord::decode(raw.value())
-                    .map_err(|e| EtcdError::Internal(format!("lease record: {e}")))?;
-                ids.push(record.id.max(id.value()));
+                let (id, _) = item.map_err(storage_err)?;
+                ids.push(id.value());
             }
             Ok(ids)
         })
