@@ -296,7 +296,10 @@ async fn count_only_and_keys_only_ranges() {
     let mut reader = connect(&cluster, 1).await;
 
     let counted = reader
-        .get("count/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "count/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .expect("count-only get");
     assert_eq!(counted.count(), 5);
@@ -305,13 +308,22 @@ async fn count_only_and_keys_only_ranges() {
     let limited = reader
         .get(
             "count/",
-            Some(GetOptions::new().with_prefix().with_keys_only().with_limit(2)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(2),
+            ),
         )
         .await
         .expect("keys-only get");
     assert_eq!(limited.count(), 5, "count ignores the limit");
     assert!(limited.more());
-    let keys: Vec<&str> = limited.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+    let keys: Vec<&str> = limited
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap())
+        .collect();
     assert_eq!(keys, vec!["count/0", "count/1"]);
     assert!(limited.kvs().iter().all(|kv| kv.value().is_empty()));
     cluster.shutdown().await;

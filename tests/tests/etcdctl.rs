@@ -612,9 +612,6 @@ fn cluster_status_health_members_and_follower_writes() {
 /// `endpoint status` through URL-style endpoints (`http://host:port`), which
 /// is what `--cluster` uses (the members' advertised client URLs).
 #[test]
-#[ignore = "witan bug: etcdctl 3.4 Maintenance calls dialled by URL send :authority \
-            \"http://host:port\", which the client listener's HTTP/2 layer rejects \
-            (RST_STREAM PROTOCOL_ERROR, h2: malformed authority)"]
 fn endpoint_status_by_url_and_with_cluster() {
     let c = Cluster::start(3);
     let urls: Vec<String> = c.members().iter().map(|m| m.client_url()).collect();

@@ -25,8 +25,7 @@ use crate::proto::witanpb::forward_request::Request as FwdReq;
 use crate::proto::witanpb::forward_response::Response as FwdResp;
 use crate::proto::witanpb::internal_response::Response;
 use crate::proto::witanpb::{
-    ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest,
-    MemberAttributes,
+    ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest, MemberAttributes,
 };
 use crate::raft::types::{NodeId, Raft};
 use crate::storage::{

@@ -1,5 +1,6 @@
 //! The etcd v3 gRPC services on the client listener.
 
+pub mod authority;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 
 use crate::node::Member;
@@ -54,7 +56,10 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Accepted connections get etcdctl's `:authority` repaired.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|conn| conn.map(authority::AuthorityRepair::new)),
             async move {
                 let _ = stop.changed().await;
             },
