@@ -107,8 +107,10 @@ impl Committer {
     ) -> Result<Vec<InternalResponse>, EtcdError> {
         match self.raft.client_write(Batch(batch)).await {
             Ok(resp) => Ok(resp.data.0),
+            // Refused before it was appended: nothing happened, so the
+            // caller may send it again to the new leader.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(EtcdError::LeaderChanged)
+                Err(EtcdError::NotLeader)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(EtcdError::Internal(e.to_string()))
@@ -165,8 +167,9 @@ fn max_revision(responses: &[InternalResponse]) -> i64 {
         .unwrap_or(0)
 }
 
-impl BatchSink for Committer {
-    async fn commit(
+impl Committer {
+    /// One attempt at committing a batch through whoever leads.
+    async fn commit_once(
         &self,
         batch: Vec<InternalRequest>,
     ) -> Result<Vec<InternalResponse>, EtcdError> {
@@ -184,6 +187,36 @@ impl BatchSink for Committer {
                 }
             }
             Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+
+    /// Waits (bounded) for this member's view of the leader to change.
+    async fn leadership_changed(&self) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(self.request_timeout / 5, metrics.changed()).await;
+    }
+}
+
+/// Attempts at a batch that leaders refuse before appending it.
+const MAX_NOT_LEADER_RETRIES: usize = 3;
+
+impl BatchSink for Committer {
+    async fn commit(
+        &self,
+        batch: Vec<InternalRequest>,
+    ) -> Result<Vec<InternalResponse>, EtcdError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Only "not leader" is retried: the batch was refused before it
+            // was appended, so sending it again cannot apply it twice.
+            match self.commit_once(batch.clone()).await {
+                Err(EtcdError::NotLeader) if attempt < MAX_NOT_LEADER_RETRIES => {
+                    self.leadership_changed().await;
+                }
+                Err(EtcdError::NotLeader) => return Err(EtcdError::LeaderChanged),
+                other => return other,
+            }
         }
     }
 }
