@@ -190,28 +190,42 @@ impl Member {
         })
     }
 
+    /// Runs `local` when this member leads, or sends `forwarded` to the
+    /// leader and takes its answer out with `answer`.
+    async fn on_leader<T>(
+        &self,
+        local: impl FnOnce() -> Result<T, EtcdError>,
+        forwarded: FwdReq,
+        answer: impl FnOnce(FwdResp) -> Option<T>,
+    ) -> Result<T, EtcdError> {
+        match self.committer.leader().await? {
+            Leadership::Me => local(),
+            Leadership::Other(_, node) => {
+                let resp = self.committer.forward(&node, forwarded).await?;
+                answer(resp)
+                    .ok_or_else(|| EtcdError::Internal("unexpected forwarded answer".into()))
+            }
+            Leadership::Unknown => Err(EtcdError::NoLeader),
+        }
+    }
+
     /// Renews a lease on the leader (forwarding when needed).
     pub async fn keep_alive(
         &self,
         req: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse, EtcdError> {
-        match self.committer.leader().await? {
-            Leadership::Me => self.keep_alive_as_leader(&req),
-            Leadership::Other(_, node) => {
-                match self
-                    .committer
-                    .forward(&node, FwdReq::LeaseKeepAlive(req))
-                    .await?
-                {
-                    FwdResp::LeaseKeepAlive(mut resp) => {
-                        resp.header = self.header(self.hub.current_revision());
-                        Ok(resp)
-                    }
-                    _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
-                }
-            }
-            Leadership::Unknown => Err(EtcdError::NoLeader),
-        }
+        let mut resp = self
+            .on_leader(
+                || self.keep_alive_as_leader(&req),
+                FwdReq::LeaseKeepAlive(req.clone()),
+                |r| match r {
+                    FwdResp::LeaseKeepAlive(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await?;
+        resp.header = self.header(self.hub.current_revision());
+        Ok(resp)
     }
 
     /// A lease's remaining TTL, from the leader's clock.
@@ -219,23 +233,18 @@ impl Member {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
-        match self.committer.leader().await? {
-            Leadership::Me => self.time_to_live_as_leader(&req),
-            Leadership::Other(_, node) => {
-                match self
-                    .committer
-                    .forward(&node, FwdReq::LeaseTimeToLive(req))
-                    .await?
-                {
-                    FwdResp::LeaseTimeToLive(mut resp) => {
-                        resp.header = self.header(self.hub.current_revision());
-                        Ok(resp)
-                    }
-                    _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
-                }
-            }
-            Leadership::Unknown => Err(EtcdError::NoLeader),
-        }
+        let mut resp = self
+            .on_leader(
+                || self.time_to_live_as_leader(&req),
+                FwdReq::LeaseTimeToLive(req.clone()),
+                |r| match r {
+                    FwdResp::LeaseTimeToLive(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await?;
+        resp.header = self.header(self.hub.current_revision());
+        Ok(resp)
     }
 
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
