@@ -72,18 +72,14 @@ impl LogStore {
         })
     }
 
-    fn put_meta(&self, key: &'static str, value: &[u8]) -> Result<(), super::StorageError> {
+    fn put_meta(
+        &self,
+        key: &'static str,
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<(), super::StorageError> {
         let mut txn = self.store.db().begin_write()?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| super::StorageError::corrupt("durability", e))?;
-        txn.open_table(META)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    fn put_meta_lazily(&self, key: &'static str, value: &[u8]) -> Result<(), super::StorageError> {
-        let mut txn = self.store.db().begin_write()?;
-        txn.set_durability(Durability::None)
+        txn.set_durability(durability)
             .map_err(|e| super::StorageError::corrupt("durability", e))?;
         txn.open_table(META)?.insert(key, value)?;
         txn.commit()?;
@@ -165,7 +161,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        inline(|| self.put_meta(meta_key::VOTE, &to_rmp(vote)))
+        inline(|| self.put_meta(meta_key::VOTE, &to_rmp(vote), Durability::Immediate))
             .map_err(|e| io_err(e, |e| StorageIOError::write_vote(e)))
     }
 
@@ -177,7 +173,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Without fsync: the committed id only lets a restart re-apply
         // sooner; losing it is safe. It rides along with the next fsync.
-        inline(|| self.put_meta_lazily(meta_key::COMMITTED, &to_rmp(&committed)))
+        inline(|| self.put_meta(meta_key::COMMITTED, &to_rmp(&committed), Durability::None))
             .map_err(|e| io_err(e, |e| StorageIOError::write(e)))
     }
 
