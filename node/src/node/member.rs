@@ -217,7 +217,7 @@ impl Member {
         let mut resp = self
             .on_leader(
                 || self.keep_alive_as_leader(&req),
-                FwdReq::LeaseKeepAlive(req.clone()),
+                FwdReq::LeaseKeepAlive(req),
                 |r| match r {
                     FwdResp::LeaseKeepAlive(r) => Some(r),
                     _ => None,
@@ -236,7 +236,7 @@ impl Member {
         let mut resp = self
             .on_leader(
                 || self.time_to_live_as_leader(&req),
-                FwdReq::LeaseTimeToLive(req.clone()),
+                FwdReq::LeaseTimeToLive(req),
                 |r| match r {
                     FwdResp::LeaseTimeToLive(r) => Some(r),
                     _ => None,
