@@ -618,15 +618,29 @@ fn endpoint_status_by_url_and_with_cluster() {
     // The URL form of one endpoint.
     let out = c.ctl_on_endpoints(&urls[0], &["endpoint", "status", "-w", "json"]);
     assert_eq!(json(&out).as_array().map(Vec::len), Some(1), "{out}");
-    // --cluster discovers every member's client URL.
-    let out = c.ctl_on(0, &["endpoint", "status", "--cluster", "-w", "json"]);
-    let status = json(&out);
+    // --cluster discovers every member's client URL, once every member has
+    // published it (members publish their attributes just after starting).
+    let expected: HashSet<String> = urls.iter().cloned().collect();
+    let status = poll_until(
+        Duration::from_secs(10),
+        "--cluster to list every member",
+        || {
+            let out = c.ctl_on(0, &["endpoint", "status", "--cluster", "-w", "json"]);
+            let status = json(&out);
+            let listed: HashSet<String> = status
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["Endpoint"].as_str().unwrap_or("").to_string())
+                .collect();
+            if listed == expected {
+                Ok(status)
+            } else {
+                Err(out)
+            }
+        },
+    );
     let entries = status.as_array().expect("array");
-    let listed: HashSet<String> = entries
-        .iter()
-        .map(|e| e["Endpoint"].as_str().unwrap_or("").to_string())
-        .collect();
-    assert_eq!(listed, urls.iter().cloned().collect(), "{out}");
     for e in entries {
         assert_eq!(e["Status"]["version"], Value::String("3.6.5".into()));
     }
