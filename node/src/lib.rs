@@ -4,11 +4,13 @@
 //! Layout: `mvcc` (etcd's data model, pure of I/O but for redb tables),
 //! `storage` (the redb database: log, state machine, snapshots), `raft`
 //! (types, peer network and service), `server` (the etcd gRPC services),
+//! `http` (etcd's HTTP health and version endpoints, on the same port),
 //! `node` (wiring a member together), `config` (flags).
 //! Nothing here depends on Kubernetes.
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod lease;

@@ -35,26 +35,36 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(member.clone()))
+            .max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(member.clone()))
+            .max_decoding_message_size(max_recv),
+    )
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        member.clone(),
+    )))
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(member.clone()),
+    ))
+    .add_service(health_service);
+    // etcd's HTTP endpoints (/health, /readyz, ...) share the port, over
+    // HTTP/1.1 or HTTP/2 alike.
+    let routes = tonic::service::Routes::from(
+        grpc.routes()
+            .into_axum_router()
+            .merge(crate::http::router(member.clone())),
+    );
     let result = tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
-        .add_service(
-            KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(max_recv),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService::new(member.clone()))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService::new(member.clone()))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(ClusterServer::new(cluster::ClusterService::new(
-            member.clone(),
-        )))
-        .add_service(MaintenanceServer::new(
-            maintenance::MaintenanceService::new(member.clone()),
-        ))
-        .add_service(health_service)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Accepted connections get etcdctl's `:authority` repaired.
             TcpIncoming::from(listener)
