@@ -1,23 +1,31 @@
 //! etcdserverpb.Maintenance: Status (what `etcdctl endpoint status` and
-//! client version checks need). Alarm answers GET with no alarms, which
-//! `etcdctl endpoint health` relies on; the rest comes with the maintenance
-//! work and answers Unimplemented until then.
+//! client version checks need), Snapshot (a witan snapshot file, see
+//! `storage::backup`), Hash and HashKV (see `storage::hash`). Alarm answers
+//! GET with no alarms, which `etcdctl endpoint health` relies on. Defragment,
+//! MoveLeader and Alarm ACTIVATE/DEACTIVATE answer Unimplemented; Downgrade
+//! answers as etcd does for an unknown action, and Unimplemented for the
+//! actions witan does not support.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use redb::ReadableDatabase;
 use tonic::{Request, Response, Status};
 
+use crate::error::EtcdError;
 use crate::node::Member;
 use crate::node::member::ETCD_COMPAT_VERSION;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::storage::backup::{CHECKSUM_LEN, SnapshotFile};
+use crate::storage::{StorageError, hash};
 
 pub struct MaintenanceService {
     member: Arc<Member>,
@@ -32,6 +40,9 @@ impl MaintenanceService {
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("witan: {what} is not supported by this version"))
 }
+
+/// Bytes per Snapshot message, as etcd sends them.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
@@ -80,20 +91,82 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let store = self.member.store.clone();
+        let (hash, revision) = tokio::task::spawn_blocking(move || {
+            let txn = store.db().begin_read().map_err(StorageError::from)?;
+            hash::hash_state(&txn)
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("hash task: {e}")))?
+        .map_err(EtcdError::from)?;
+        Ok(Response::new(HashResponse {
+            header: self.member.header(revision.max(1)),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = request.get_ref().revision;
+        let (kv, current) = self
+            .member
+            .read(|view| Ok((hash::hash_kv(view, revision)?, view.revision)))?;
+        Ok(Response::new(HashKvResponse {
+            header: self.member.header(current),
+            hash: kv.hash,
+            compact_revision: kv.compact_revision,
+            hash_revision: kv.revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
 
+    /// Streams a witan snapshot file of this member's state as etcd streams
+    /// its database: the content in 32 KiB chunks with `remaining_bytes`
+    /// counting down to 0, then the SHA-256 trailer in a last message (also
+    /// `remaining_bytes` 0). The first message's header carries the
+    /// snapshot's revision.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let store = self.member.store.clone();
+        let (revision, file) = tokio::task::spawn_blocking(move || {
+            let txn = store.db().begin_read().map_err(StorageError::from)?;
+            let snapshot = SnapshotFile::capture(&txn, ETCD_COMPAT_VERSION)?;
+            drop(txn);
+            Ok::<_, StorageError>((snapshot.image.revision, snapshot.encode()))
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("snapshot task: {e}")))?
+        .map_err(EtcdError::from)?;
+        tracing::info!(
+            revision,
+            total_bytes = file.len(),
+            "sending snapshot to client"
+        );
+        let header = self.member.header(revision.max(1));
+        let content = file.len() - CHECKSUM_LEN;
+        let mut bounds: Vec<(usize, usize)> = (0..content)
+            .step_by(SNAPSHOT_CHUNK)
+            .map(|start| (start, (start + SNAPSHOT_CHUNK).min(content)))
+            .collect();
+        bounds.push((content, file.len()));
+        let file = Arc::new(file);
+        let messages = bounds
+            .into_iter()
+            .enumerate()
+            .map(move |(i, (start, end))| {
+                Ok(SnapshotResponse {
+                    header: if i == 0 { header } else { None },
+                    remaining_bytes: content.saturating_sub(end) as u64,
+                    blob: file[start..end].to_vec(),
+                    version: ETCD_COMPAT_VERSION.to_string(),
+                })
+            });
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn move_leader(
@@ -105,8 +178,16 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_yet("Downgrade"))
+        match DowngradeAction::try_from(request.get_ref().action) {
+            Ok(action) => Err(Status::unimplemented(format!(
+                "witan: Downgrade {} is not supported: witan has no cluster \
+                 downgrade (a member only opens its own storage format)",
+                action.as_str_name()
+            ))),
+            // etcd answers an action it does not know with ErrGRPCUnknownMethod.
+            Err(_) => Err(Status::invalid_argument("etcdserver: unknown method")),
+        }
     }
 }

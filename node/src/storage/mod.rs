@@ -10,6 +10,8 @@
 //!   durable with the next immediate commit. A crash therefore can only roll
 //!   the state machine back to an earlier applied id, never past the log.
 
+pub mod backup;
+pub mod hash;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
