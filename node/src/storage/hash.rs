@@ -19,49 +19,17 @@ use crate::error::EtcdError;
 use crate::mvcc::read::ReadView;
 use crate::mvcc::{KIND_DELETE, decode_history};
 
-const fn castagnoli_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-}
-
-static CASTAGNOLI: [u32; 256] = castagnoli_table();
-
-/// Incremental CRC-32C.
-#[derive(Clone, Copy)]
+/// Incremental CRC-32C (the `crc32c` crate does the arithmetic).
+#[derive(Clone, Copy, Default)]
 pub struct Crc32c(u32);
-
-impl Default for Crc32c {
-    fn default() -> Self {
-        Crc32c(!0)
-    }
-}
 
 impl Crc32c {
     pub fn update(&mut self, data: &[u8]) {
-        let mut crc = self.0;
-        for &b in data {
-            crc = CASTAGNOLI[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-        }
-        self.0 = crc;
+        self.0 = crc32c::crc32c_append(self.0, data);
     }
 
     pub fn finish(&self) -> u32 {
-        !self.0
+        self.0
     }
 
     fn bytes(&mut self, data: &[u8]) {
