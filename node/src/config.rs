@@ -240,6 +240,86 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
     Ok(out)
 }
 
+/// A founding member (`--initial-cluster-state new`) must be named in the
+/// initial cluster with exactly the peer URLs it advertises.
+fn check_founding_member(
+    name: &str,
+    initial_cluster: &BTreeMap<String, Vec<String>>,
+    advertised: &[String],
+) -> Result<(), ConfigError> {
+    let mine = initial_cluster.get(name).ok_or_else(|| {
+        bad(
+            "initial-cluster",
+            format!("does not name this member ({name:?})"),
+        )
+    })?;
+    let mut mine = mine.clone();
+    let mut advertised = advertised.to_vec();
+    mine.sort();
+    advertised.sort();
+    if mine != advertised {
+        return Err(bad(
+            "initial-cluster",
+            format!(
+                "lists {mine:?} for {name:?} but --initial-advertise-peer-urls is {advertised:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The bootstrap flags of a new cluster's member (`witan snapshot
+/// restore`), validated as the daemon validates them: name, advertised peer
+/// URLs, and the initial cluster (default: this member alone).
+#[derive(Debug, Clone)]
+pub struct FoundingMember {
+    pub name: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// name -> peer URLs.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_token: String,
+}
+
+impl FoundingMember {
+    pub fn parse(
+        name: &str,
+        initial_cluster: Option<&str>,
+        initial_advertise_peer_urls: &str,
+        initial_cluster_token: &str,
+    ) -> Result<Self, ConfigError> {
+        if name.is_empty() {
+            return Err(bad("name", "must not be empty"));
+        }
+        let advertised = url_list("initial-advertise-peer-urls", initial_advertise_peer_urls)?;
+        let cluster = match initial_cluster {
+            Some(raw) => parse_initial_cluster(raw)?,
+            None => BTreeMap::from([(name.to_string(), advertised.clone())]),
+        };
+        check_founding_member(name, &cluster, &advertised)?;
+        Ok(FoundingMember {
+            name: name.to_string(),
+            initial_advertise_peer_urls: advertised,
+            initial_cluster: cluster,
+            initial_cluster_token: initial_cluster_token.to_string(),
+        })
+    }
+
+    /// (member id, cluster id) exactly as a fresh member derives them at
+    /// its first start.
+    pub fn ids(&self) -> (u64, u64) {
+        let token = &self.initial_cluster_token;
+        let member_ids: Vec<u64> = self
+            .initial_cluster
+            .values()
+            .map(|urls| crate::ids::member_id(urls, token))
+            .collect();
+        (
+            crate::ids::member_id(&self.initial_advertise_peer_urls, token),
+            crate::ids::cluster_id(&member_ids, token),
+        )
+    }
+}
+
 impl Config {
     pub fn from_flags(flags: Flags) -> Result<Self, ConfigError> {
         if flags.name.is_empty() {
@@ -254,25 +334,7 @@ impl Config {
             None => BTreeMap::from([(flags.name.clone(), initial_advertise_peer_urls.clone())]),
         };
         if flags.initial_cluster_state == ClusterState::New {
-            let mine = initial_cluster.get(&flags.name).ok_or_else(|| {
-                bad(
-                    "initial-cluster",
-                    format!("does not name this member ({:?})", flags.name),
-                )
-            })?;
-            let mut mine = mine.clone();
-            let mut advertised = initial_advertise_peer_urls.clone();
-            mine.sort();
-            advertised.sort();
-            if mine != advertised {
-                return Err(bad(
-                    "initial-cluster",
-                    format!(
-                        "lists {mine:?} for {:?} but --initial-advertise-peer-urls is {advertised:?}",
-                        flags.name
-                    ),
-                ));
-            }
+            check_founding_member(&flags.name, &initial_cluster, &initial_advertise_peer_urls)?;
         }
         if flags.heartbeat_interval_ms == 0 {
             return Err(bad("heartbeat-interval", "must be positive"));

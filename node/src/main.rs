@@ -1,11 +1,77 @@
 //! `witan`: parses flags, starts a member, stops it cleanly on SIGTERM or
-//! SIGINT. Everything else lives in the library.
+//! SIGINT. `witan snapshot status|restore` work on snapshot files offline,
+//! as etcdutl's do. Everything else lives in the library.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
-use witan_node::config::{Config, Flags};
+use witan_node::config::{Config, Flags, FoundingMember};
+use witan_node::storage::restore;
+
+/// `witan` with no subcommand runs a member with [`Flags`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "witan",
+    version,
+    about = "A replicated key-value store that speaks the etcd v3 API",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with snapshot files (`etcdctl snapshot save` output) offline.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WriteOut {
+    Simple,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Verifies a snapshot file and prints its revision, live key count,
+    /// size in bytes and SHA-256 checksum.
+    Status {
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+    /// Verifies a snapshot file and builds a new member's data dir from it.
+    /// Start every member of the new cluster with the same flags (and
+    /// `--initial-cluster-state new`).
+    Restore {
+        file: PathBuf,
+        /// Human-readable name of the new member.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Data dir to create; must not exist or be empty (default: `<name>.witan`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The new cluster: `name=peer-url,...` (default: this member alone).
+        #[arg(long)]
+        initial_cluster: Option<String>,
+        /// Peer URLs of the new member.
+        #[arg(long, default_value = "http://127.0.0.1:2380")]
+        initial_advertise_peer_urls: String,
+        /// Token of the new cluster.
+        #[arg(long, default_value = "etcd-cluster")]
+        initial_cluster_token: String,
+    },
+}
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("WITAN_LOG")
@@ -20,9 +86,25 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(daemon(cli.flags)),
+        Some(Command::Snapshot(command)) => {
+            if let Err(e) = snapshot(command) {
+                eprintln!("Error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn daemon(flags: Flags) -> anyhow::Result<()> {
     init_logging(&flags.log_format);
     let config = Config::from_flags(flags).context("invalid configuration")?;
     let running = witan_node::node::start(config)
@@ -37,4 +119,101 @@ async fn main() -> anyhow::Result<()> {
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Status { file, write_out } => {
+            let raw = std::fs::read(&file)
+                .with_context(|| format!("reading snapshot file {}", file.display()))?;
+            let st = restore::status(&raw)
+                .with_context(|| format!("snapshot file {}", file.display()))?;
+            match write_out {
+                WriteOut::Json => println!("{}", serde_json::to_string(&st)?),
+                WriteOut::Simple => {
+                    println!("hash: {} ({})", st.hash, st.hash_algorithm);
+                    println!("revision: {}", st.revision);
+                    println!("compact revision: {}", st.compact_revision);
+                    println!("total keys: {}", st.total_key);
+                    println!("total size: {}", st.total_size);
+                    println!("version: {}", st.version);
+                    println!(
+                        "taken from: member {} ({}) of cluster {}",
+                        st.member_id, st.member_name, st.cluster_id
+                    );
+                }
+            }
+            Ok(())
+        }
+        SnapshotCommand::Restore {
+            file,
+            name,
+            data_dir,
+            initial_cluster,
+            initial_advertise_peer_urls,
+            initial_cluster_token,
+        } => {
+            let member = FoundingMember::parse(
+                &name,
+                initial_cluster.as_deref(),
+                &initial_advertise_peer_urls,
+                &initial_cluster_token,
+            )
+            .context("invalid configuration")?;
+            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.witan")));
+            let restored = restore::restore_file(&file, &data_dir)?;
+            let (member_id, cluster_id) = member.ids();
+            println!(
+                "restored snapshot at revision {} (compact revision {}, {} keys) to {}",
+                restored.revision,
+                restored.compact_revision,
+                restored.keys,
+                data_dir.display()
+            );
+            println!(
+                "start it with the same --name, --initial-cluster, \
+                 --initial-advertise-peer-urls and --initial-cluster-token: \
+                 member {member_id:x} of new cluster {cluster_id:x}"
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_subcommand_is_the_daemon_and_snapshot_subcommands_parse() {
+        let cli = Cli::try_parse_from(["witan", "--name", "n1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.flags.name, "n1");
+        let cli =
+            Cli::try_parse_from(["witan", "snapshot", "status", "f.db", "-w", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Snapshot(SnapshotCommand::Status {
+                write_out: WriteOut::Json,
+                ..
+            }))
+        ));
+        let cli = Cli::try_parse_from([
+            "witan",
+            "snapshot",
+            "restore",
+            "f.db",
+            "--name",
+            "a",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Snapshot(SnapshotCommand::Restore { ref name, .. })) if name == "a"
+        ));
+        // Daemon flags do not mix with a subcommand.
+        assert!(Cli::try_parse_from(["witan", "--name", "x", "snapshot", "status", "f"]).is_err());
+    }
 }

@@ -169,9 +169,16 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra flags for every member.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_prepared(n, extra_args, |_| {})
+    }
+
+    /// [`Cluster::start_with`], calling `prepare` on every member (its data
+    /// dir exists and is empty, its flags are set) before it is first
+    /// started, e.g. to restore a snapshot into its data dir.
+    pub fn start_prepared(n: usize, extra_args: &[&str], prepare: impl Fn(&Member)) -> Cluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Cluster::try_start(n, extra_args) {
+            match Cluster::try_start(n, extra_args, &prepare) {
                 Ok(cluster) => return cluster,
                 // Someone took a port between choosing and binding: new ports.
                 Err(e) if e.contains("Address already in use") => last = e,
@@ -181,7 +188,11 @@ impl Cluster {
         panic!("cluster did not start after {START_ATTEMPTS} attempts:\n{last}")
     }
 
-    fn try_start(n: usize, extra_args: &[&str]) -> Result<Cluster, String> {
+    fn try_start(
+        n: usize,
+        extra_args: &[&str],
+        prepare: &dyn Fn(&Member),
+    ) -> Result<Cluster, String> {
         assert!(n > 0);
         let ports = free_ports(2 * n);
         let logs = TempDir::with_prefix("witan-logs-").expect("log temp dir");
@@ -244,6 +255,7 @@ impl Cluster {
             _logs: logs,
         };
         for member in &mut cluster.members {
+            prepare(member);
             member.spawn();
         }
         let all: Vec<usize> = (0..n).collect();

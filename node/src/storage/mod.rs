@@ -13,6 +13,7 @@
 pub mod backup;
 pub mod hash;
 pub mod log_store;
+pub mod restore;
 pub mod snapshot;
 pub mod state_machine;
 
