@@ -4,7 +4,8 @@
 //! Layout: `mvcc` (etcd's data model, pure of I/O but for redb tables),
 //! `storage` (the redb database: log, state machine, snapshots), `raft`
 //! (types, peer network and service), `server` (the etcd gRPC services),
-//! `http` (etcd's HTTP health and version endpoints, on the same port),
+//! `http` (etcd's HTTP health, version and metrics endpoints, on the same
+//! port), `metrics` (etcd's Prometheus metrics),
 //! `node` (wiring a member together), `config` (flags).
 //! Nothing here depends on Kubernetes.
 
@@ -14,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod proto;

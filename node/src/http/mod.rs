@@ -1,6 +1,8 @@
 //! etcd's HTTP endpoints on the client port, next to gRPC: `/health`,
-//! `/livez`, `/readyz` (with `/livez/<check>` and `/readyz/<check>`) and
-//! `/version`. The decisions live in [`probe`]; this module does the reads.
+//! `/livez`, `/readyz` (with `/livez/<check>` and `/readyz/<check>`),
+//! `/version` and `/metrics` (Prometheus text, see docs/metrics.md). The
+//! decisions live in [`probe`] and [`crate::metrics`]; this module does the
+//! reads.
 
 pub mod probe;
 
@@ -31,6 +33,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/livez/{check}", get(livez_check))
         .route("/readyz/{check}", get(readyz_check))
         .route("/version", get(version))
+        .route("/metrics", get(metrics))
         .with_state(member)
 }
 
@@ -80,6 +83,35 @@ async fn version() -> Response {
         content_type: probe::JSON,
         body: probe::version_json(ETCD_COMPAT_VERSION, env!("CARGO_PKG_VERSION")),
     })
+}
+
+/// etcd's Prometheus metrics; the Raft-state gauges are read now.
+async fn metrics(State(member): State<Arc<Member>>) -> Response {
+    // Each of these borrows the Raft metrics on its own; no borrow is held
+    // across another (a watch borrow is a read lock).
+    let leadership = member.committer.leadership();
+    let is_learner = member.is_learner();
+    let (committed_index, applied_index) = {
+        let raft = member.raft.metrics();
+        let raft = raft.borrow();
+        (
+            raft.last_log_index.unwrap_or(0),
+            raft.last_applied.map_or(0, |id| id.index),
+        )
+    };
+    let observed = crate::metrics::Observed {
+        has_leader: !matches!(leadership, Leadership::Unknown),
+        is_leader: matches!(leadership, Leadership::Me),
+        is_learner,
+        committed_index,
+        applied_index,
+        db_size_bytes: member.store.file_size_bytes(),
+    };
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        member.metrics.render(&observed),
+    )
+        .into_response()
 }
 
 async fn root_probe(member: &Member, kind: Probe, uri: &Uri) -> Response {

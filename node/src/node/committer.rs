@@ -1,6 +1,7 @@
 //! Where a member's writes and read indexes come from: Raft itself when
 //! the member leads, the leader over the peer link when it does not.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -11,6 +12,7 @@ use super::proposer::BatchSink;
 use super::read_barrier::ReadIndexSource;
 use crate::error::EtcdError;
 use crate::hub::ApplyHub;
+use crate::metrics::Metrics;
 use crate::proto::witanpb::forward_request::Request as FwdReq;
 use crate::proto::witanpb::forward_response::Response as FwdResp;
 use crate::proto::witanpb::internal_response::Response;
@@ -28,6 +30,8 @@ pub struct Committer {
     pub hub: ApplyHub,
     /// How long to wait for a leader or a forwarded answer.
     pub request_timeout: Duration,
+    /// Pending and failed proposals are counted here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Who leads right now, as this member sees it.
@@ -202,6 +206,42 @@ const MAX_NOT_LEADER_RETRIES: usize = 3;
 
 impl BatchSink for Committer {
     async fn commit(
+        &self,
+        batch: Vec<InternalRequest>,
+    ) -> Result<Vec<InternalResponse>, EtcdError> {
+        // Every request of the batch is a proposal in flight until it ends,
+        // however it ends (the guard also covers a dropped future).
+        let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let _pending = PendingGuard::new(&self.metrics.proposals_pending, count);
+        let result = self.commit_retrying(batch).await;
+        if result.is_err() {
+            self.metrics.proposals_failed.inc_by(count.unsigned_abs());
+        }
+        result
+    }
+}
+
+/// Adds to a gauge while alive.
+struct PendingGuard<'a> {
+    gauge: &'a prometheus::IntGauge,
+    count: i64,
+}
+
+impl<'a> PendingGuard<'a> {
+    fn new(gauge: &'a prometheus::IntGauge, count: i64) -> Self {
+        gauge.add(count);
+        PendingGuard { gauge, count }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.sub(self.count);
+    }
+}
+
+impl Committer {
+    async fn commit_retrying(
         &self,
         batch: Vec<InternalRequest>,
     ) -> Result<Vec<InternalResponse>, EtcdError> {

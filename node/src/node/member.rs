@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::EtcdError;
 use crate::hub::ApplyHub;
 use crate::lease::lessor::Lessor;
+use crate::metrics::Metrics;
 use crate::mvcc::apply::lease_keys_of;
 use crate::mvcc::read::ReadView;
 use crate::proto::etcdserverpb::{
@@ -54,6 +55,8 @@ pub struct Member {
     pub committer: Arc<Committer>,
     pub proposer: Proposer,
     pub barrier: ReadBarrier,
+    /// This member's Prometheus metrics (served on `/metrics`).
+    pub metrics: Arc<Metrics>,
     /// Flips to true when the member starts shutting down; long-lived
     /// streams end on it.
     pub stopping: tokio::sync::watch::Receiver<bool>,

@@ -21,6 +21,7 @@ use crate::config::{ClusterState, Config};
 use crate::hub::ApplyHub;
 use crate::ids;
 use crate::lease::lessor::Lessor;
+use crate::metrics::{self, Metrics};
 use crate::proto::witanpb::MemberIdentity;
 use crate::proto::witanpb::raft_server::RaftServer;
 use crate::raft::network::{MAX_PEER_MESSAGE_BYTES, PeerNetwork};
@@ -148,11 +149,14 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     };
     let hub = ApplyHub::new(revision);
     let lessor = Arc::new(Lessor::new());
-    let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone())?;
-    let log_store = LogStore::new(store.clone()).map_err(|source| StorageError::Io {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let metrics = Arc::new(Metrics::new());
+    let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone())?
+        .with_commit_histogram(metrics.backend_commit.clone());
+    let log_store = LogStore::with_fsync_histogram(store.clone(), Some(metrics.wal_fsync.clone()))
+        .map_err(|source| StorageError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let network = PeerNetwork::default();
     let channels = network.channels.clone();
 
@@ -199,6 +203,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         channels,
         hub: hub.clone(),
         request_timeout,
+        metrics: metrics.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let member = Arc::new(Member {
@@ -212,6 +217,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         proposer: Proposer::start(committer.clone()),
         barrier: ReadBarrier::start(committer.clone()),
         committer,
+        metrics,
         stopping: stop_rx.clone(),
     });
 
@@ -264,6 +270,14 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     ));
     tasks.push(tokio::spawn(
         tasks::sweep_expired_leases(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        metrics::watch_leader_changes(
+            member.raft.clone(),
+            member.metrics.leader_changes.clone(),
+            stop_rx.clone(),
+        )
+        .instrument(span.clone()),
     ));
     tasks.push(tokio::spawn(
         tasks::publish_attributes(member.clone(), stop_rx.clone()).instrument(span.clone()),

@@ -28,11 +28,20 @@ impl LogStore {
     /// Opens the log and starts its flusher thread, which ends when the
     /// last clone of the log store is dropped.
     pub fn new(store: Store) -> Result<Self, std::io::Error> {
+        Self::with_fsync_histogram(store, None)
+    }
+
+    /// Like [`LogStore::new`], timing each durable commit (the "WAL
+    /// fsync") into `fsync` when given.
+    pub fn with_fsync_histogram(
+        store: Store,
+        fsync: Option<prometheus::Histogram>,
+    ) -> Result<Self, std::io::Error> {
         let (flusher, pending) = std::sync::mpsc::channel();
         let db = store.clone();
         std::thread::Builder::new()
             .name("witan-log-flush".into())
-            .spawn(move || flush_loop(db, pending))?;
+            .spawn(move || flush_loop(db, pending, fsync))?;
         Ok(LogStore { store, flusher })
     }
 
@@ -230,10 +239,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// Makes pending appends durable: one fsync for everything that queued up
 /// while the previous one ran, then every waiting callback is told.
-fn flush_loop(store: Store, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(
+    store: Store,
+    pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    fsync: Option<prometheus::Histogram>,
+) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
+        let started = std::time::Instant::now();
         // An empty durable commit still writes a new commit header and
         // fsyncs, which makes every earlier non-durable commit durable.
         let result = store
@@ -241,8 +255,10 @@ fn flush_loop(store: Store, pending: std::sync::mpsc::Receiver<LogFlushed<TypeCo
             .begin_write()
             .map_err(redb::Error::from)
             .and_then(|txn| txn.commit().map_err(redb::Error::from));
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "flushing the raft log failed");
+        match (&result, &fsync) {
+            (Err(e), _) => tracing::error!(error = %e, "flushing the raft log failed"),
+            (Ok(()), Some(fsync)) => fsync.observe(started.elapsed().as_secs_f64()),
+            (Ok(()), None) => {}
         }
         for callback in waiting {
             callback.log_io_completed(

@@ -36,6 +36,8 @@ pub struct StateMachine {
     store: Store,
     hub: ApplyHub,
     lessor: Arc<Lessor>,
+    /// Times each apply transaction's commit, when set.
+    commit_timer: Option<prometheus::Histogram>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -52,10 +54,21 @@ impl StateMachine {
         hub: ApplyHub,
         lessor: Arc<Lessor>,
     ) -> Result<Self, super::StorageError> {
-        let sm = StateMachine { store, hub, lessor };
+        let sm = StateMachine {
+            store,
+            hub,
+            lessor,
+            commit_timer: None,
+        };
         let leases = sm.lease_ttls()?;
         sm.lessor.reset(leases, Instant::now());
         Ok(sm)
+    }
+
+    /// Times each apply commit into `histogram` (etcd's backend commit).
+    pub fn with_commit_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.commit_timer = Some(histogram);
+        self
     }
 
     fn lease_ttls(&self) -> Result<Vec<(i64, i64)>, super::StorageError> {
@@ -143,7 +156,11 @@ impl StateMachine {
                 applier.view.revision,
             )
         };
+        let started = Instant::now();
         txn.commit()?;
+        if let Some(timer) = &self.commit_timer {
+            timer.observe(started.elapsed().as_secs_f64());
+        }
         tracing::trace!(revision, "applied batch");
         let now = Instant::now();
         for change in lease_changes {
