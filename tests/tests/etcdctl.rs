@@ -645,3 +645,47 @@ fn endpoint_status_by_url_and_with_cluster() {
         assert_eq!(e["Status"]["version"], Value::String("3.6.5".into()));
     }
 }
+
+/// etcd's request limits, with etcd's messages: a value above
+/// --max-request-bytes (1.5 MiB) and a txn of 129 operations (the limit is
+/// --max-txn-ops, 128) are refused and change nothing.
+#[test]
+fn request_limits() {
+    let c = Cluster::start(3);
+    let before = revision_of(&c.ctl(&["get", "x", "-w", "json"]));
+
+    // Read from stdin: no command line holds a 1.6 MB argument.
+    let big = "v".repeat(1_600_000);
+    let out = c.expect_err(c.run(&c.endpoint(0), &["put", "big"], Some(&big)));
+    assert!(
+        out.stderr.contains("etcdserver: request is too large"),
+        "{out}"
+    );
+
+    let mut txn = String::from("\n");
+    for i in 0..129 {
+        txn.push_str(&format!("put k{i} v\n"));
+    }
+    txn.push_str("\n\n");
+    let out = c.expect_err(c.run(&c.endpoint(1), &["txn"], Some(&txn)));
+    assert!(
+        out.stderr
+            .contains("etcdserver: too many operations in txn request"),
+        "{out}"
+    );
+
+    // 128 operations are fine.
+    let mut txn = String::from("\n");
+    for i in 0..128 {
+        txn.push_str(&format!("put k{i} v\n"));
+    }
+    txn.push_str("\n\n");
+    let out = c.expect_ok(c.run(&c.endpoint(2), &["txn"], Some(&txn)));
+    assert!(out.starts_with("SUCCESS"), "{out}");
+    let after = revision_of(&c.ctl(&["get", "x", "-w", "json"]));
+    assert_eq!(
+        after,
+        before + 1,
+        "only the 128-op txn wrote, in one revision"
+    );
+}
