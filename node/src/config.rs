@@ -15,6 +15,25 @@ pub enum ClusterState {
     Existing,
 }
 
+/// How `--auto-compaction-retention` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AutoCompactionMode {
+    /// Keep the history of the last retention period (a duration).
+    Periodic,
+    /// Keep the last retention revisions (a number).
+    Revision,
+}
+
+/// The leader's automatic compaction, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep the history of the last this long.
+    Periodic(Duration),
+    /// Keep this many revisions before the current one.
+    Revision(i64),
+}
+
 /// The `witan` daemon's flags.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -107,6 +126,20 @@ pub struct Flags {
         value_parser = parse_duration
     )]
     pub watch_progress_notify_interval: Duration,
+    /// Automatic compaction: `periodic` (retention is a duration) or
+    /// `revision` (retention is a number of revisions).
+    #[arg(
+        long,
+        env = "WITAN_AUTO_COMPACTION_MODE",
+        value_enum,
+        default_value = "periodic"
+    )]
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// History the leader keeps when compacting automatically: `0` is off;
+    /// periodic mode takes a duration (`1h`, `30m`, `5s`; a bare number is
+    /// hours), revision mode a number of revisions.
+    #[arg(long, env = "WITAN_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "WITAN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -130,6 +163,48 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Reads `--auto-compaction-retention` for the given mode; `0` turns
+/// automatic compaction off.
+fn parse_auto_compaction(
+    mode: AutoCompactionMode,
+    raw: &str,
+) -> Result<AutoCompaction, ConfigError> {
+    const FLAG: &str = "auto-compaction-retention";
+    let raw = raw.trim();
+    match mode {
+        AutoCompactionMode::Revision => {
+            let n: i64 = raw.parse().map_err(|_| {
+                bad(
+                    FLAG,
+                    format!("{raw:?} is not a number of revisions (revision mode)"),
+                )
+            })?;
+            match n {
+                0 => Ok(AutoCompaction::Off),
+                n if n < 0 => Err(bad(FLAG, format!("{raw:?} must not be negative"))),
+                n => Ok(AutoCompaction::Revision(n)),
+            }
+        }
+        AutoCompactionMode::Periodic => {
+            // As etcd: a bare number is hours.
+            let retention = match raw.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours.saturating_mul(3600)),
+                Err(_) => parse_duration(raw).map_err(|reason| {
+                    bad(
+                        FLAG,
+                        format!("{reason} (periodic mode wants e.g. 1h, 30m, 5s or hours)"),
+                    )
+                })?,
+            };
+            if retention.is_zero() {
+                Ok(AutoCompaction::Off)
+            } else {
+                Ok(AutoCompaction::Periodic(retention))
+            }
+        }
+    }
+}
+
 /// Validated configuration of one member.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -149,6 +224,7 @@ pub struct Config {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub watch_progress_notify_interval: Duration,
+    pub auto_compaction: AutoCompaction,
 }
 
 /// A flag that does not make sense.
@@ -348,7 +424,10 @@ impl Config {
         if flags.snapshot_count == 0 {
             return Err(bad("snapshot-count", "must be positive"));
         }
+        let auto_compaction =
+            parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
         Ok(Config {
+            auto_compaction,
             data_dir: flags
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(format!("{}.witan", flags.name))),
@@ -416,6 +495,54 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.flag, "initial-cluster");
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        assert_eq!(parse(&[]).unwrap().auto_compaction, AutoCompaction::Off);
+        let periodic = |r: &str| {
+            let flag = format!("--auto-compaction-retention={r}");
+            parse(&[&flag])
+                .map(|c| c.auto_compaction)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            periodic("1h"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            periodic("30m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            periodic("5s"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(5)))
+        );
+        // A bare number is hours, as etcd reads it.
+        assert_eq!(
+            periodic("2"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(7200)))
+        );
+        assert_eq!(periodic("0"), Ok(AutoCompaction::Off));
+        assert_eq!(periodic("0s"), Ok(AutoCompaction::Off));
+        let err = periodic("5x").unwrap_err();
+        assert!(err.starts_with("--auto-compaction-retention:"), "{err}");
+        assert!(periodic("-1").is_err());
+
+        let revision = |r: &str| {
+            let flag = format!("--auto-compaction-retention={r}");
+            parse(&["--auto-compaction-mode", "revision", &flag])
+                .map(|c| c.auto_compaction)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(revision("1000"), Ok(AutoCompaction::Revision(1000)));
+        assert_eq!(revision("0"), Ok(AutoCompaction::Off));
+        assert!(revision("1h").unwrap_err().contains("number of revisions"));
+        assert!(revision("-5").unwrap_err().contains("negative"));
+        assert!(
+            Flags::try_parse_from(["witan", "--auto-compaction-mode", "daily"]).is_err(),
+            "an unknown mode is refused"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A running member: storage, Raft, the write and read paths, the leader's
 //! lease clock, and the servers, wired together.
 
+pub mod auto_compaction;
 pub mod committer;
 pub mod member;
 pub mod proposer;

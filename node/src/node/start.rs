@@ -280,6 +280,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         .instrument(span.clone()),
     ));
     tasks.push(tokio::spawn(
+        tasks::auto_compact(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
         tasks::publish_attributes(member.clone(), stop_rx.clone()).instrument(span.clone()),
     ));
     tracing::info!(parent: &span, client = ?client_addrs, peer = ?peer_addrs, "serving");

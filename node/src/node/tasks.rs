@@ -1,5 +1,6 @@
 //! Background work of a member: the leader's lease expiry sweep, restarting
-//! lease clocks on promotion, and publishing this member's attributes.
+//! lease clocks on promotion, the leader's automatic compaction, and
+//! publishing this member's attributes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,10 +8,11 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use tokio::sync::watch;
 
+use super::auto_compaction::{self, AutoCompactor};
 use super::committer::Leadership;
 use super::member::Member;
 use crate::error::EtcdError;
-use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::etcdserverpb::{CompactionRequest, LeaseRevokeRequest};
 use crate::proto::witanpb::internal_request::Request;
 use crate::proto::witanpb::{InternalRequest, MemberAttributes};
 
@@ -74,6 +76,53 @@ pub async fn sweep_expired_leases(member: Arc<Member>, mut stop: watch::Receiver
                     }
                 }
             });
+        }
+    }
+}
+
+/// etcd's automatic compaction: every member samples its revision, the
+/// leader proposes the compactions `auto_compaction` decides on.
+pub async fn auto_compact(member: Arc<Member>, mut stop: watch::Receiver<bool>) {
+    let policy = member.config.auto_compaction;
+    let Some(every) = auto_compaction::tick_interval(policy) else {
+        return;
+    };
+    let mut compactor = AutoCompactor::new(policy);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let compacted = match member.read(|view| Ok(view.compact_revision)) {
+            Ok(compacted) => compacted,
+            Err(err) => {
+                tracing::warn!(error = %err, "auto compaction: reading the compact revision");
+                continue;
+            }
+        };
+        let current = member.hub.current_revision();
+        let Some(revision) = compactor.observe(Instant::now(), current, compacted) else {
+            continue;
+        };
+        if !matches!(member.committer.leadership(), Leadership::Me) {
+            continue;
+        }
+        let request = InternalRequest {
+            request: Some(Request::Compaction(CompactionRequest {
+                revision,
+                physical: false,
+            })),
+        };
+        tokio::select! {
+            result = member.propose(request) => match result {
+                Ok(_) => tracing::info!(revision, ?policy, "auto compaction done"),
+                // Someone (a client, a previous leader) got there first.
+                Err(EtcdError::Compacted) => {}
+                Err(err) => tracing::warn!(revision, error = %err, "auto compaction failed; will retry"),
+            },
+            _ = stop.changed() => return,
         }
     }
 }
