@@ -378,6 +378,31 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `i` has applied `revision` (a serializable read
+    /// answers from the member's own state).
+    pub fn wait_applied(&self, i: usize, revision: i64) {
+        crate::poll_until(
+            Duration::from_secs(20),
+            &format!("member {i} at revision {revision}"),
+            || {
+                let out = self.run(
+                    &self.endpoint(i),
+                    &["get", "nothing", "--consistency", "s", "-w", "json"],
+                    None,
+                );
+                let seen = serde_json::from_str::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v["header"]["revision"].as_i64())
+                    .unwrap_or(0);
+                if seen >= revision {
+                    Ok(())
+                } else {
+                    Err(format!("at {seen}: {out}"))
+                }
+            },
+        )
+    }
+
     /// Runs etcdctl against `endpoints` (not checked).
     pub fn run(&self, endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
         CtlOutput::run(endpoints, args, stdin)

@@ -7,17 +7,21 @@
 //!   on drop (also when a test panics).
 //! - [`Cluster::ctl`] and friends run `etcdctl` with bounded time and show
 //!   the members' logs when an expected success fails.
+//! - [`json`] and [`revision_of`] read etcdctl's `-w json` answers;
+//!   [`Cluster::wait_applied`] waits until a member has applied a revision.
 //! - [`LineChild`] runs a long-lived process (`etcdctl watch`, a shell) and
 //!   hands its stdout over line by line, with deadlines.
 //!
 //! Every wait in here is a poll against a deadline; nothing sleeps in the
 //! hope that something has happened meanwhile.
 
+mod answers;
 mod binary;
 mod cluster;
 mod ctl;
 mod process;
 
+pub use answers::{json, revision_of};
 pub use binary::witan_bin;
 pub use cluster::{Cluster, Member, free_ports};
 pub use ctl::{CtlOutput, clear_etcdctl_env, etcdctl_bin};

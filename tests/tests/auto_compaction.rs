@@ -3,17 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use witan_tests::{Cluster, poll_until};
+use witan_tests::{Cluster, poll_until, revision_of};
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
-
-fn revision_of(text: &str) -> i64 {
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not json ({e}): {text}"));
-    v["header"]["revision"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no header.revision in {text}"))
-}
 
 #[test]
 fn revision_mode_keeps_the_last_revisions() {

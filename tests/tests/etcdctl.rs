@@ -5,22 +5,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use witan_tests::{Cluster, poll_until};
+use witan_tests::{Cluster, json, poll_until, revision_of};
 
 /// `key\nvalue\n` pairs, as `etcdctl get` prints them.
 fn kvs(pairs: &[(&str, &str)]) -> String {
     pairs.iter().map(|(k, v)| format!("{k}\n{v}\n")).collect()
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not json ({e}): {text}"))
-}
-
-/// `header.revision` of a `-w json` answer.
-fn revision_of(text: &str) -> i64 {
-    json(text)["header"]["revision"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no header.revision in {text}"))
 }
 
 /// The id out of `lease <id> granted with TTL(<n>s)`.

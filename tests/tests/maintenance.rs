@@ -4,50 +4,13 @@
 use std::time::Duration;
 
 use prost::Message;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use witan_node::proto::mvccpb::KeyValue;
 use witan_node::storage::backup;
-use witan_tests::{Cluster, poll_until};
+use witan_tests::{Cluster, json, poll_until, revision_of};
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 const FUTURE: &str = "etcdserver: mvcc: required revision is a future revision";
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not json ({e}): {text}"))
-}
-
-/// `header.revision` of a `-w json` answer.
-fn revision_of(text: &str) -> i64 {
-    json(text)["header"]["revision"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no header.revision in {text}"))
-}
-
-/// Waits until member `i` has applied `revision` (a serializable read
-/// answers from the member's own state).
-fn wait_applied(c: &Cluster, i: usize, revision: i64) {
-    poll_until(
-        Duration::from_secs(20),
-        &format!("member {i} at revision {revision}"),
-        || {
-            let out = c.run(
-                &c.endpoint(i),
-                &["get", "nothing", "--consistency", "s", "-w", "json"],
-                None,
-            );
-            let seen = serde_json::from_str::<Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v["header"]["revision"].as_i64())
-                .unwrap_or(0);
-            if seen >= revision {
-                Ok(())
-            } else {
-                Err(format!("at {seen}: {out}"))
-            }
-        },
-    )
-}
 
 /// One `endpoint hashkv -w json` entry: (endpoint, header revision, hash,
 /// compact revision).
@@ -100,7 +63,7 @@ fn snapshot_save_writes_a_verifiable_witan_snapshot() {
     }
     c.ctl(&["del", "snap/b"]);
     last += 1;
-    wait_applied(&c, 1, last);
+    c.wait_applied(1, last);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup.db");
@@ -205,7 +168,7 @@ fn hashkv_below_the_compaction_fails() {
         format!("compacted revision {r2}\n")
     );
     for i in 0..c.len() {
-        wait_applied(&c, i, r3);
+        c.wait_applied(i, r3);
     }
     // Every member has applied the compaction once it answers Range with
     // `compacted` below it.

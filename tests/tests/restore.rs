@@ -7,44 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use witan_tests::{Cluster, Member, poll_until, run_bounded, witan_bin};
+use witan_tests::{Cluster, Member, json, revision_of, run_bounded, witan_bin};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not json ({e}): {text}"))
-}
-
-/// `header.revision` of a `-w json` answer.
-fn revision_of(text: &str) -> i64 {
-    json(text)["header"]["revision"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no header.revision in {text}"))
-}
-
-/// Waits until member `i` has applied `revision`.
-fn wait_applied(c: &Cluster, i: usize, revision: i64) {
-    poll_until(
-        Duration::from_secs(20),
-        &format!("member {i} at revision {revision}"),
-        || {
-            let out = c.run(
-                &c.endpoint(i),
-                &["get", "nothing", "--consistency", "s", "-w", "json"],
-                None,
-            );
-            let seen = serde_json::from_str::<Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v["header"]["revision"].as_i64())
-                .unwrap_or(0);
-            if seen >= revision {
-                Ok(())
-            } else {
-                Err(format!("at {seen}: {out}"))
-            }
-        },
-    )
-}
 
 /// Runs `witan <args>`: (success, stdout, stderr).
 fn witan(args: &[&str]) -> (bool, String, String) {
@@ -119,7 +84,7 @@ fn a_restored_snapshot_starts_a_new_cluster_with_the_same_data() {
         "put", "r/l", "leased", "--lease", &lease_hex, "-w", "json",
     ])));
     let last = revision_of(&c.ctl(&["put", "r/c", "5", "-w", "json"]));
-    wait_applied(&c, 1, last);
+    c.wait_applied(1, last);
     let (original, at) = everything(&c, 1);
     assert_eq!(at, last);
     assert_eq!(original.len(), 3, "{original:?}");
@@ -176,7 +141,7 @@ fn a_restored_snapshot_starts_a_new_cluster_with_the_same_data() {
     let new_cluster = n.status(0)["header"]["cluster_id"].clone();
     assert_ne!(new_cluster, original_cluster);
     for i in 0..n.len() {
-        wait_applied(&n, i, last);
+        n.wait_applied(i, last);
         let (kvs, at) = everything(&n, i);
         assert_eq!(at, last, "member {i}");
         assert_eq!(kvs, original, "member {i}");
@@ -192,6 +157,6 @@ fn a_restored_snapshot_starts_a_new_cluster_with_the_same_data() {
     let next = revision_of(&n.ctl(&["put", "r/new", "x", "-w", "json"]));
     assert_eq!(next, last + 1);
     for i in 0..n.len() {
-        wait_applied(&n, i, next);
+        n.wait_applied(i, next);
     }
 }
