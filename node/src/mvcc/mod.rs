@@ -45,4 +45,6 @@ pub(crate) fn decode_kv(raw: &[u8]) -> Result<KeyValue, StorageError> {
 }
 
 #[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
 mod tests;

@@ -1,11 +1,9 @@
 //! MVCC rules checked against a real redb database: revisions, history,
 //! txn semantics, compaction, leases and every Range option.
 
-use redb::{Database, ReadableDatabase};
-
-use super::apply::{Applier, ApplyError};
+use super::apply::ApplyError;
 use super::range::prefix_end;
-use super::read::ReadView;
+use super::testkit::{Mvcc, put_req, range_req};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -13,123 +11,9 @@ use crate::proto::etcdserverpb::request_op::Request as OpRequest;
 use crate::proto::etcdserverpb::response_op::Response as OpResponse;
 use crate::proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
-    PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    PutRequest, RangeResponse, RequestOp, TxnRequest,
 };
 use crate::proto::mvccpb::event::EventType;
-use crate::storage::{KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES};
-
-/// A store plus the revision bookkeeping the state machine keeps in meta.
-struct Mvcc {
-    _dir: tempfile::TempDir,
-    db: Database,
-    revision: i64,
-    compact_revision: i64,
-}
-
-impl Mvcc {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("t.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(KV_LATEST).unwrap();
-        txn.open_table(KV_HISTORY).unwrap();
-        txn.open_table(KV_REVS).unwrap();
-        txn.open_table(LEASES).unwrap();
-        txn.open_table(LEASE_KEYS).unwrap();
-        txn.commit().unwrap();
-        Mvcc {
-            _dir: dir,
-            db,
-            revision: 1,
-            compact_revision: 0,
-        }
-    }
-
-    /// Runs `f` in one write transaction, as one applied batch.
-    fn write<T>(
-        &mut self,
-        f: impl FnOnce(&mut Applier<'_>) -> T,
-    ) -> (T, Vec<crate::proto::mvccpb::Event>) {
-        let txn = self.db.begin_write().unwrap();
-        let (out, events, revision, compact) = {
-            let mut applier = Applier::new(
-                ReadView {
-                    latest: txn.open_table(KV_LATEST).unwrap(),
-                    history: txn.open_table(KV_HISTORY).unwrap(),
-                    revs: txn.open_table(KV_REVS).unwrap(),
-                    revision: self.revision,
-                    compact_revision: self.compact_revision,
-                },
-                txn.open_table(LEASES).unwrap(),
-                txn.open_table(LEASE_KEYS).unwrap(),
-            );
-            let out = f(&mut applier);
-            (
-                out,
-                std::mem::take(&mut applier.events),
-                applier.view.revision,
-                applier.view.compact_revision,
-            )
-        };
-        txn.commit().unwrap();
-        self.revision = revision;
-        self.compact_revision = compact;
-        (out, events)
-    }
-
-    fn put(&mut self, key: &str, value: &str) -> i64 {
-        self.write(|a| a.put(&put_req(key, value)).unwrap());
-        self.revision
-    }
-
-    fn range(&self, req: RangeRequest) -> Result<RangeResponse, EtcdError> {
-        let txn = self.db.begin_read().unwrap();
-        let view = ReadView {
-            latest: txn.open_table(KV_LATEST).unwrap(),
-            history: txn.open_table(KV_HISTORY).unwrap(),
-            revs: txn.open_table(KV_REVS).unwrap(),
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-        };
-        view.range(&req)
-    }
-
-    fn get(&self, key: &str) -> Option<crate::proto::mvccpb::KeyValue> {
-        self.range(range_req(key, ""))
-            .unwrap()
-            .kvs
-            .into_iter()
-            .next()
-    }
-
-    fn events(&self, from: i64) -> Result<Vec<crate::proto::mvccpb::Event>, EtcdError> {
-        let txn = self.db.begin_read().unwrap();
-        let view = ReadView {
-            latest: txn.open_table(KV_LATEST).unwrap(),
-            history: txn.open_table(KV_HISTORY).unwrap(),
-            revs: txn.open_table(KV_REVS).unwrap(),
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-        };
-        view.events(from, self.revision, true)
-    }
-}
-
-fn put_req(key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
-}
-
-fn range_req(key: &str, end: &str) -> RangeRequest {
-    RangeRequest {
-        key: key.into(),
-        range_end: end.into(),
-        ..Default::default()
-    }
-}
 
 fn keys(resp: &RangeResponse) -> Vec<String> {
     resp.kvs

@@ -111,12 +111,11 @@ pub fn hash_state(txn: &redb::ReadTransaction) -> Result<(u32, i64), StorageErro
 
 #[cfg(test)]
 mod tests {
-    use redb::{Database, ReadableDatabase};
+    use redb::ReadableDatabase;
 
     use super::*;
-    use crate::mvcc::apply::Applier;
-    use crate::proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
-    use crate::storage::{KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES};
+    use crate::mvcc::testkit::{Mvcc, put_req};
+    use crate::proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest};
 
     #[test]
     fn crc32c_check_value() {
@@ -131,23 +130,12 @@ mod tests {
         Compact(i64),
     }
 
-    struct Kv {
-        _dir: tempfile::TempDir,
-        db: Database,
-        revision: i64,
-        compact_revision: i64,
-    }
+    /// A store holding the result of `ops`.
+    struct Kv(Mvcc);
 
     impl Kv {
         fn new(ops: &[Op]) -> Kv {
-            let dir = tempfile::tempdir().unwrap();
-            let db = Database::create(dir.path().join("t.redb")).unwrap();
-            let mut kv = Kv {
-                _dir: dir,
-                db,
-                revision: 1,
-                compact_revision: 0,
-            };
+            let mut kv = Kv(Mvcc::new());
             for op in ops {
                 kv.apply(op);
             }
@@ -155,61 +143,29 @@ mod tests {
         }
 
         fn apply(&mut self, op: &Op) {
-            let txn = self.db.begin_write().unwrap();
-            let (revision, compact) = {
-                let mut applier = Applier::new(
-                    ReadView {
-                        latest: txn.open_table(KV_LATEST).unwrap(),
-                        history: txn.open_table(KV_HISTORY).unwrap(),
-                        revs: txn.open_table(KV_REVS).unwrap(),
-                        revision: self.revision,
-                        compact_revision: self.compact_revision,
-                    },
-                    txn.open_table(LEASES).unwrap(),
-                    txn.open_table(LEASE_KEYS).unwrap(),
-                );
-                match op {
-                    Op::Put(k, v) => {
-                        applier
-                            .put(&PutRequest {
-                                key: k.as_bytes().to_vec(),
-                                value: v.as_bytes().to_vec(),
-                                ..Default::default()
-                            })
-                            .unwrap();
-                    }
-                    Op::Delete(k) => {
-                        applier
-                            .delete_range(&DeleteRangeRequest {
-                                key: k.as_bytes().to_vec(),
-                                ..Default::default()
-                            })
-                            .unwrap();
-                    }
-                    Op::Compact(r) => applier
-                        .compact(&CompactionRequest {
-                            revision: *r,
-                            physical: false,
-                        })
-                        .unwrap(),
+            self.0.write(|applier| match op {
+                Op::Put(k, v) => {
+                    applier.put(&put_req(k, v)).unwrap();
                 }
-                (applier.view.revision, applier.view.compact_revision)
-            };
-            txn.commit().unwrap();
-            self.revision = revision;
-            self.compact_revision = compact;
+                Op::Delete(k) => {
+                    applier
+                        .delete_range(&DeleteRangeRequest {
+                            key: k.as_bytes().to_vec(),
+                            ..Default::default()
+                        })
+                        .unwrap();
+                }
+                Op::Compact(r) => applier
+                    .compact(&CompactionRequest {
+                        revision: *r,
+                        physical: false,
+                    })
+                    .unwrap(),
+            });
         }
 
         fn hash(&self, revision: i64) -> Result<KvHash, EtcdError> {
-            let txn = self.db.begin_read().unwrap();
-            let view = ReadView {
-                latest: txn.open_table(KV_LATEST).unwrap(),
-                history: txn.open_table(KV_HISTORY).unwrap(),
-                revs: txn.open_table(KV_REVS).unwrap(),
-                revision: self.revision,
-                compact_revision: self.compact_revision,
-            };
-            hash_kv(&view, revision)
+            self.0.view(|view| hash_kv(view, revision))
         }
     }
 
@@ -224,7 +180,7 @@ mod tests {
     fn same_writes_hash_equal_and_a_different_value_differs() {
         let one = Kv::new(&WRITES);
         let two = Kv::new(&WRITES);
-        assert_eq!(one.revision, 5);
+        assert_eq!(one.0.revision, 5);
         let h = one.hash(0).unwrap();
         assert_eq!(h, two.hash(0).unwrap());
         assert_eq!((h.revision, h.compact_revision), (5, -1));
@@ -269,21 +225,21 @@ mod tests {
         let one = Kv::new(&WRITES);
         let two = Kv::new(&WRITES);
         let state = |kv: &Kv| {
-            let txn = kv.db.begin_read().unwrap();
+            let txn = kv.0.db.begin_read().unwrap();
             // hash_state reads the meta table too.
             hash_state(&txn).map(|(h, _)| h)
         };
         // Without a meta table the capture fails cleanly.
         assert!(state(&one).is_err());
         for kv in [&one, &two] {
-            let txn = kv.db.begin_write().unwrap();
+            let txn = kv.0.db.begin_write().unwrap();
             txn.open_table(crate::storage::META).unwrap();
             txn.open_table(crate::storage::MEMBERS).unwrap();
             txn.commit().unwrap();
         }
         assert_eq!(state(&one).unwrap(), state(&two).unwrap());
         let other = Kv::new(&[Op::Put("a", "1")]);
-        let txn = other.db.begin_write().unwrap();
+        let txn = other.0.db.begin_write().unwrap();
         txn.open_table(crate::storage::META).unwrap();
         txn.open_table(crate::storage::MEMBERS).unwrap();
         txn.commit().unwrap();
