@@ -74,15 +74,7 @@ impl Mvcc {
     }
 
     pub fn range(&self, req: RangeRequest) -> Result<RangeResponse, EtcdError> {
-        let txn = self.db.begin_read().unwrap();
-        let view = ReadView {
-            latest: txn.open_table(KV_LATEST).unwrap(),
-            history: txn.open_table(KV_HISTORY).unwrap(),
-            revs: txn.open_table(KV_REVS).unwrap(),
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-        };
-        view.range(&req)
+        self.view(|view| view.range(&req))
     }
 
     pub fn get(&self, key: &str) -> Option<crate::proto::mvccpb::KeyValue> {
@@ -116,15 +108,7 @@ impl Mvcc {
     }
 
     pub fn events(&self, from: i64) -> Result<Vec<crate::proto::mvccpb::Event>, EtcdError> {
-        let txn = self.db.begin_read().unwrap();
-        let view = ReadView {
-            latest: txn.open_table(KV_LATEST).unwrap(),
-            history: txn.open_table(KV_HISTORY).unwrap(),
-            revs: txn.open_table(KV_REVS).unwrap(),
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-        };
-        view.events(from, self.revision, true)
+        self.view(|view| view.events(from, self.revision, true))
     }
 }
 
