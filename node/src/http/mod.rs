@@ -1,9 +1,11 @@
 //! etcd's HTTP endpoints on the client port, next to gRPC: `/health`,
 //! `/livez`, `/readyz` (with `/livez/<check>` and `/readyz/<check>`),
-//! `/version` and `/metrics` (Prometheus text, see docs/metrics.md). The
+//! `/version`, `/metrics` (Prometheus text, see docs/metrics.md) and the
+//! JSON gateway under `/v3/` ([`gateway`]). The
 //! decisions live in [`probe`] and [`crate::metrics`]; this module does the
 //! reads.
 
+pub mod gateway;
 pub mod probe;
 
 use std::sync::Arc;
@@ -34,7 +36,8 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/readyz/{check}", get(readyz_check))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .with_state(member)
+        .with_state(member.clone())
+        .merge(gateway::router(member))
 }
 
 async fn health(State(member): State<Arc<Member>>, uri: Uri) -> Response {

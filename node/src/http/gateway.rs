@@ -1,0 +1,277 @@
+//! etcd's JSON gateway: `POST /v3/<service>/<call>` with the request as
+//! protojson, answered with the response as protojson, as etcd's
+//! grpc-gateway does (proto field names, int64 as strings, bytes as base64,
+//! unset fields left out). `/v3beta/...` is the same. Each route calls the
+//! gRPC service implementation, so both front ends give the same answers.
+//!
+//! Streams (watch, lease keep-alive, snapshot) are not served here yet.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Code, Status};
+
+use crate::node::Member;
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::server::cluster::ClusterService;
+use crate::server::kv::KvService;
+use crate::server::lease::LeaseService;
+use crate::server::maintenance::MaintenanceService;
+
+/// The gateway's routes under `/v3` and `/v3beta`.
+pub fn router(member: Arc<Member>) -> Router {
+    let mut router = Router::new();
+    for prefix in ["/v3", "/v3beta"] {
+        router = router
+            .route(
+                &format!("{prefix}/kv/range"),
+                kv(&member, |s, r| async move { s.range(r).await }),
+            )
+            .route(
+                &format!("{prefix}/kv/put"),
+                kv(&member, |s, r| async move { s.put(r).await }),
+            )
+            .route(
+                &format!("{prefix}/kv/deleterange"),
+                kv(&member, |s, r| async move { s.delete_range(r).await }),
+            )
+            .route(
+                &format!("{prefix}/kv/txn"),
+                kv(&member, |s, r| async move { s.txn(r).await }),
+            )
+            .route(
+                &format!("{prefix}/kv/compaction"),
+                kv(&member, |s, r| async move { s.compact(r).await }),
+            )
+            .route(
+                &format!("{prefix}/lease/grant"),
+                lease(&member, |s, r| async move { s.lease_grant(r).await }),
+            )
+            .route(
+                &format!("{prefix}/cluster/member/list"),
+                cluster(&member, |s, r| async move { s.member_list(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/status"),
+                maintenance(&member, |s, r| async move { s.status(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/hash"),
+                maintenance(&member, |s, r| async move { s.hash(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/hashkv"),
+                maintenance(&member, |s, r| async move { s.hash_kv(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/alarm"),
+                maintenance(&member, |s, r| async move { s.alarm(r).await }),
+            );
+        // Revoke, time-to-live and leases are also mounted under /kv/lease.
+        for base in ["lease", "kv/lease"] {
+            router = router
+                .route(
+                    &format!("{prefix}/{base}/revoke"),
+                    lease(&member, |s, r| async move { s.lease_revoke(r).await }),
+                )
+                .route(
+                    &format!("{prefix}/{base}/timetolive"),
+                    lease(&member, |s, r| async move { s.lease_time_to_live(r).await }),
+                )
+                .route(
+                    &format!("{prefix}/{base}/leases"),
+                    lease(&member, |s, r| async move { s.lease_leases(r).await }),
+                );
+        }
+    }
+    router
+}
+
+/// A POST route that decodes `Req`, calls `S`'s method and encodes the answer.
+fn unary<S, Req, Resp, F, Fut>(service: Arc<S>, call: F) -> axum::routing::MethodRouter
+where
+    S: Send + Sync + 'static,
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<S>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+{
+    post(move |body: Bytes| {
+        let service = service.clone();
+        let call = call.clone();
+        async move {
+            let req: Req = match decode(&body) {
+                Ok(req) => req,
+                Err(reason) => return error(&Status::invalid_argument(reason)),
+            };
+            match call(service, tonic::Request::new(req)).await {
+                Ok(resp) => match serde_json::to_vec(resp.get_ref()) {
+                    Ok(json) => {
+                        ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                    }
+                    Err(e) => error(&Status::internal(e.to_string())),
+                },
+                Err(status) => error(&status),
+            }
+        }
+    })
+}
+
+fn kv<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<KvService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+{
+    unary(Arc::new(KvService::new(member.clone())), call)
+}
+
+fn lease<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<LeaseService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+{
+    unary(Arc::new(LeaseService::new(member.clone())), call)
+}
+
+fn cluster<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<ClusterService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+{
+    unary(Arc::new(ClusterService::new(member.clone())), call)
+}
+
+fn maintenance<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<MaintenanceService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+{
+    unary(Arc::new(MaintenanceService::new(member.clone())), call)
+}
+
+/// An empty body is the empty request, as grpc-gateway treats it.
+fn decode<Req: DeserializeOwned + Default>(body: &[u8]) -> Result<Req, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Req::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
+}
+
+/// grpc-gateway's HTTP status for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The error body: etcd's gateway fields (`error` from grpc-gateway v1,
+/// `code` and `message` from v2), so clients of either version read it.
+fn error(status: &Status) -> Response {
+    let body = serde_json::json!({
+        "error": status.message(),
+        "code": status.code() as i32,
+        "message": status.message(),
+    });
+    (
+        http_status(status.code()),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{PutRequest, RangeResponse, ResponseHeader};
+    use crate::proto::mvccpb::KeyValue;
+
+    #[test]
+    fn requests_decode_from_proto_names_and_base64() {
+        let req: PutRequest =
+            decode(br#"{"key":"Zm9v","value":"YmFy","prev_kv":true,"lease":"7"}"#).unwrap();
+        assert_eq!(req.key, b"foo");
+        assert_eq!(req.value, b"bar");
+        assert!(req.prev_kv);
+        assert_eq!(req.lease, 7);
+        let empty: PutRequest = decode(b" ").unwrap();
+        assert_eq!(empty, PutRequest::default());
+        assert!(decode::<PutRequest>(b"{not json").is_err());
+    }
+
+    #[test]
+    fn responses_encode_like_etcds_gateway() {
+        let resp = RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 1,
+                member_id: 2,
+                revision: 3,
+                raft_term: 4,
+            }),
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                value: b"bar".to_vec(),
+                create_revision: 3,
+                mod_revision: 3,
+                version: 1,
+                lease: 0,
+            }],
+            more: false,
+            count: 1,
+        };
+        let json: serde_json::Value = serde_json::to_value(&resp).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "header": {"cluster_id": "1", "member_id": "2", "revision": "3", "raft_term": "4"},
+                "kvs": [{"key": "Zm9v", "create_revision": "3", "mod_revision": "3", "version": "1", "value": "YmFy"}],
+                "count": "1"
+            })
+        );
+    }
+
+    #[test]
+    fn status_codes_follow_grpc_gateway() {
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            http_status(Code::Unimplemented),
+            StatusCode::NOT_IMPLEMENTED
+        );
+    }
+}
