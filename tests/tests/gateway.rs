@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use witan_tests::{Cluster, run_bounded};
+use witan_tests::{Cluster, LineChild, run_bounded};
 
 /// How long one curl may take.
 const CURL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,5 +111,31 @@ fn kv_lease_and_errors_over_the_json_gateway() {
     assert_eq!(
         err["error"],
         "etcdserver: mvcc: required revision is a future revision"
+    );
+}
+
+#[test]
+fn watch_streams_result_lines() {
+    let c = Cluster::start(3);
+    let ep = c.endpoint(0);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-N", "--max-time", "30", "-X", "POST", "-d"])
+        .arg(json!({"create_request": {"key": b64("watched")}}).to_string())
+        .arg(format!("http://{ep}/v3/watch"));
+    let mut watch = LineChild::spawn("curl /v3/watch", cmd);
+    let created: Value = serde_json::from_str(&watch.wait_lines(1, Duration::from_secs(10))[0])
+        .expect("a JSON line");
+    assert_eq!(created["result"]["created"], true, "{created}");
+
+    // A write through another member arrives as one result line.
+    c.ctl_on(2, &["put", "watched", "value"]);
+    let line = watch.wait_lines(2, Duration::from_secs(10))[1].clone();
+    let event: Value = serde_json::from_str(&line).expect("a JSON line");
+    let kv = &event["result"]["events"][0]["kv"];
+    assert_eq!(kv["key"], b64("watched"), "{event}");
+    assert_eq!(kv["value"], b64("value"));
+    assert!(
+        event["result"]["events"][0].get("type").is_none(),
+        "PUT is the default: {event}"
     );
 }

@@ -4,7 +4,9 @@
 //! unset fields left out). `/v3beta/...` is the same. Each route calls the
 //! gRPC service implementation, so both front ends give the same answers.
 //!
-//! Streams (watch, lease keep-alive, snapshot) are not served here yet.
+//! `/v3/watch` streams newline-delimited `{"result": ...}` objects, as
+//! etcd's gateway does; lease keep-alive and snapshot streams are not served
+//! here yet.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,11 +16,13 @@ use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
 use crate::node::Member;
+use crate::proto::etcdserverpb::WatchRequest;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -27,12 +31,18 @@ use crate::server::cluster::ClusterService;
 use crate::server::kv::KvService;
 use crate::server::lease::LeaseService;
 use crate::server::maintenance::MaintenanceService;
+use crate::server::watch::WatchService;
 
 /// The gateway's routes under `/v3` and `/v3beta`.
 pub fn router(member: Arc<Member>) -> Router {
     let mut router = Router::new();
     for prefix in ["/v3", "/v3beta"] {
+        let watcher = Arc::new(WatchService::new(member.clone()));
         router = router
+            .route(
+                &format!("{prefix}/watch"),
+                post(move |body: Bytes| watch(watcher.clone(), body)),
+            )
             .route(
                 &format!("{prefix}/kv/range"),
                 kv(&member, |s, r| async move { s.range(r).await }),
@@ -165,6 +175,38 @@ where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
 {
     unary(Arc::new(MaintenanceService::new(member.clone())), call)
+}
+
+/// `/v3/watch`: the body is one WatchRequest; the answer is a stream of
+/// `{"result": WatchResponse}` lines until the client hangs up.
+async fn watch(service: Arc<WatchService>, body: Bytes) -> Response {
+    let req: WatchRequest = match decode(&body) {
+        Ok(req) => req,
+        Err(reason) => return error(&Status::invalid_argument(reason)),
+    };
+    // The request side stays open (a gateway client sends one request).
+    let inbound = futures::stream::once(async move { Ok(req) }).chain(futures::stream::pending());
+    let lines = service.open(Box::pin(inbound)).map(|item| {
+        let mut line = match item {
+            Ok(resp) => serde_json::json!({ "result": resp }),
+            Err(status) => serde_json::json!({
+                "error": {
+                    "grpc_code": status.code() as i32,
+                    "http_code": http_status(status.code()).as_u16(),
+                    "message": status.message(),
+                    "http_status": http_status(status.code()).canonical_reason().unwrap_or(""),
+                }
+            }),
+        }
+        .to_string();
+        line.push('\n');
+        Ok::<_, std::convert::Infallible>(line)
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 /// An empty body is the empty request, as grpc-gateway treats it.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,7 +53,17 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let inbound = request.into_inner();
+        Ok(Response::new(Box::pin(self.open(request.into_inner()))))
+    }
+}
+
+impl WatchService {
+    /// Serves one watch stream: requests in, responses out. Used by the
+    /// gRPC service and by the JSON gateway's `/v3/watch`.
+    pub fn open(
+        &self,
+        inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    ) -> ReceiverStream<Result<WatchResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = StreamTask {
             member: self.member.clone(),
@@ -63,7 +73,7 @@ impl Watch for WatchService {
             stream_rev: 0,
         };
         tokio::spawn(task.run(inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        ReceiverStream::new(rx)
     }
 }
 
@@ -110,7 +120,10 @@ struct StreamTask {
 }
 
 impl StreamTask {
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    async fn run(
+        mut self,
+        mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin,
+    ) {
         let mut notices = self.member.hub.subscribe();
         self.stream_rev = self.member.hub.current_revision();
         let interval = self.member.config.watch_progress_notify_interval;
@@ -122,7 +135,9 @@ impl StreamTask {
                 // The member is shutting down: end the stream so the server
                 // can finish; clients reconnect to another member.
                 _ = stopping.changed() => Err(Gone),
-                msg = inbound.message() => match msg {
+                // The client went away: nobody reads the responses.
+                _ = self.tx.closed() => Err(Gone),
+                msg = inbound.next() => match msg.transpose() {
                     Ok(Some(req)) => self.handle_request(req).await,
                     Ok(None) => Err(Gone),
                     Err(status) => {
