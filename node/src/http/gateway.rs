@@ -36,6 +36,10 @@ use crate::server::watch::WatchService;
 /// The gateway's routes under `/v3` and `/v3beta`.
 pub fn router(member: Arc<Member>) -> Router {
     let mut router = Router::new();
+    let kv = Arc::new(KvService::new(member.clone()));
+    let lease = Arc::new(LeaseService::new(member.clone()));
+    let cluster = Arc::new(ClusterService::new(member.clone()));
+    let maintenance = Arc::new(MaintenanceService::new(member.clone()));
     for prefix in ["/v3", "/v3beta"] {
         let watcher = Arc::new(WatchService::new(member.clone()));
         router = router
@@ -45,62 +49,70 @@ pub fn router(member: Arc<Member>) -> Router {
             )
             .route(
                 &format!("{prefix}/kv/range"),
-                kv(&member, |s, r| async move { s.range(r).await }),
+                unary(kv.clone(), |s, r| async move { s.range(r).await }),
             )
             .route(
                 &format!("{prefix}/kv/put"),
-                kv(&member, |s, r| async move { s.put(r).await }),
+                unary(kv.clone(), |s, r| async move { s.put(r).await }),
             )
             .route(
                 &format!("{prefix}/kv/deleterange"),
-                kv(&member, |s, r| async move { s.delete_range(r).await }),
+                unary(kv.clone(), |s, r| async move { s.delete_range(r).await }),
             )
             .route(
                 &format!("{prefix}/kv/txn"),
-                kv(&member, |s, r| async move { s.txn(r).await }),
+                unary(kv.clone(), |s, r| async move { s.txn(r).await }),
             )
             .route(
                 &format!("{prefix}/kv/compaction"),
-                kv(&member, |s, r| async move { s.compact(r).await }),
+                unary(kv.clone(), |s, r| async move { s.compact(r).await }),
             )
             .route(
                 &format!("{prefix}/lease/grant"),
-                lease(&member, |s, r| async move { s.lease_grant(r).await }),
+                unary(lease.clone(), |s, r| async move { s.lease_grant(r).await }),
             )
             .route(
                 &format!("{prefix}/cluster/member/list"),
-                cluster(&member, |s, r| async move { s.member_list(r).await }),
+                unary(
+                    cluster.clone(),
+                    |s, r| async move { s.member_list(r).await },
+                ),
             )
             .route(
                 &format!("{prefix}/maintenance/status"),
-                maintenance(&member, |s, r| async move { s.status(r).await }),
+                unary(maintenance.clone(), |s, r| async move { s.status(r).await }),
             )
             .route(
                 &format!("{prefix}/maintenance/hash"),
-                maintenance(&member, |s, r| async move { s.hash(r).await }),
+                unary(maintenance.clone(), |s, r| async move { s.hash(r).await }),
             )
             .route(
                 &format!("{prefix}/maintenance/hashkv"),
-                maintenance(&member, |s, r| async move { s.hash_kv(r).await }),
+                unary(
+                    maintenance.clone(),
+                    |s, r| async move { s.hash_kv(r).await },
+                ),
             )
             .route(
                 &format!("{prefix}/maintenance/alarm"),
-                maintenance(&member, |s, r| async move { s.alarm(r).await }),
+                unary(maintenance.clone(), |s, r| async move { s.alarm(r).await }),
             );
         // Revoke, time-to-live and leases are also mounted under /kv/lease.
         for base in ["lease", "kv/lease"] {
             router = router
                 .route(
                     &format!("{prefix}/{base}/revoke"),
-                    lease(&member, |s, r| async move { s.lease_revoke(r).await }),
+                    unary(lease.clone(), |s, r| async move { s.lease_revoke(r).await }),
                 )
                 .route(
                     &format!("{prefix}/{base}/timetolive"),
-                    lease(&member, |s, r| async move { s.lease_time_to_live(r).await }),
+                    unary(lease.clone(), |s, r| async move {
+                        s.lease_time_to_live(r).await
+                    }),
                 )
                 .route(
                     &format!("{prefix}/{base}/leases"),
-                    lease(&member, |s, r| async move { s.lease_leases(r).await }),
+                    unary(lease.clone(), |s, r| async move { s.lease_leases(r).await }),
                 );
         }
     }
@@ -135,46 +147,6 @@ where
             }
         }
     })
-}
-
-fn kv<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
-where
-    Req: DeserializeOwned + Default + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(Arc<KvService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
-{
-    unary(Arc::new(KvService::new(member.clone())), call)
-}
-
-fn lease<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
-where
-    Req: DeserializeOwned + Default + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(Arc<LeaseService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
-{
-    unary(Arc::new(LeaseService::new(member.clone())), call)
-}
-
-fn cluster<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
-where
-    Req: DeserializeOwned + Default + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(Arc<ClusterService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
-{
-    unary(Arc::new(ClusterService::new(member.clone())), call)
-}
-
-fn maintenance<Req, Resp, F, Fut>(member: &Arc<Member>, call: F) -> axum::routing::MethodRouter
-where
-    Req: DeserializeOwned + Default + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(Arc<MaintenanceService>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
-{
-    unary(Arc::new(MaintenanceService::new(member.clone())), call)
 }
 
 /// `/v3/watch`: the body is one WatchRequest; the answer is a stream of
