@@ -635,6 +635,12 @@ fn endpoint_status_by_url_and_with_cluster() {
     }
 }
 
+/// `etcdctl txn` input with no compares and `n` puts on success.
+fn txn_of_puts(n: usize) -> String {
+    let puts: String = (0..n).map(|i| format!("put k{i} v\n")).collect();
+    format!("\n{puts}\n\n")
+}
+
 /// etcd's request limits, with etcd's messages: a value above
 /// --max-request-bytes (1.5 MiB) and a txn of 129 operations (the limit is
 /// --max-txn-ops, 128) are refused and change nothing.
@@ -651,12 +657,7 @@ fn request_limits() {
         "{out}"
     );
 
-    let mut txn = String::from("\n");
-    for i in 0..129 {
-        txn.push_str(&format!("put k{i} v\n"));
-    }
-    txn.push_str("\n\n");
-    let out = c.expect_err(c.run(&c.endpoint(1), &["txn"], Some(&txn)));
+    let out = c.expect_err(c.run(&c.endpoint(1), &["txn"], Some(&txn_of_puts(129))));
     assert!(
         out.stderr
             .contains("etcdserver: too many operations in txn request"),
@@ -664,12 +665,7 @@ fn request_limits() {
     );
 
     // 128 operations are fine.
-    let mut txn = String::from("\n");
-    for i in 0..128 {
-        txn.push_str(&format!("put k{i} v\n"));
-    }
-    txn.push_str("\n\n");
-    let out = c.expect_ok(c.run(&c.endpoint(2), &["txn"], Some(&txn)));
+    let out = c.expect_ok(c.run(&c.endpoint(2), &["txn"], Some(&txn_of_puts(128))));
     assert!(out.starts_with("SUCCESS"), "{out}");
     let after = revision_of(&c.ctl(&["get", "x", "-w", "json"]));
     assert_eq!(
