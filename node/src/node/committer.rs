@@ -91,10 +91,7 @@ impl Committer {
         let reply = client
             .forward(req)
             .await
-            .map_err(|status| match status.code() {
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => EtcdError::Timeout,
-                _ => EtcdError::LeaderChanged,
-            })?;
+            .map_err(|status| forward_failure(&status))?;
         let resp = ForwardResponse::decode(reply.into_inner().data.as_slice())
             .map_err(|e| EtcdError::Internal(format!("decoding forwarded answer: {e}")))?;
         match resp.response {
@@ -156,6 +153,33 @@ impl Committer {
     }
 }
 
+/// What a failed forward means for the request. A refused connection
+/// carried nothing, so it is reported as `NotLeader` ("not taken, safe to
+/// send again"); any other failure may have happened after the leader took
+/// the request, so its fate is unknown to us.
+fn forward_failure(status: &tonic::Status) -> EtcdError {
+    if status_chain_has_refused_connection(status) {
+        return EtcdError::NotLeader;
+    }
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => EtcdError::Timeout,
+        _ => EtcdError::LeaderChanged,
+    }
+}
+
+fn status_chain_has_refused_connection(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn max_revision(responses: &[InternalResponse]) -> i64 {
     responses
         .iter()
@@ -194,15 +218,19 @@ impl Committer {
         }
     }
 
-    /// Waits (bounded) for this member's view of the leader to change.
-    async fn leadership_changed(&self) {
+    /// Waits, until `deadline` at most, for this member's view of Raft to
+    /// change (a new term, leader or membership), so a retry has a chance.
+    async fn leadership_changed(&self, deadline: tokio::time::Instant) {
         let mut metrics = self.raft.metrics();
-        let _ = tokio::time::timeout(self.request_timeout / 5, metrics.changed()).await;
+        let pause = deadline.min(tokio::time::Instant::now() + NOT_LEADER_PAUSE);
+        let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
     }
 }
 
-/// Attempts at a batch that leaders refuse before appending it.
-const MAX_NOT_LEADER_RETRIES: usize = 3;
+/// Longest wait between two attempts at a batch that was refused: Raft's
+/// metrics do not change when a leader that refused us is just slow to
+/// learn it lost, so we also try again after this pause.
+const NOT_LEADER_PAUSE: Duration = Duration::from_millis(50);
 
 impl BatchSink for Committer {
     async fn commit(
@@ -245,14 +273,16 @@ impl Committer {
         &self,
         batch: Vec<InternalRequest>,
     ) -> Result<Vec<InternalResponse>, EtcdError> {
-        let mut attempt = 0;
+        // An election is short next to the request timeout: a request that
+        // meets one waits it out, as it would in etcd, instead of failing.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
-            attempt += 1;
             // Only "not leader" is retried: the batch was refused before it
-            // was appended, so sending it again cannot apply it twice.
+            // was appended (or the connection carrying it was refused), so
+            // sending it again cannot apply it twice.
             match self.commit_once(batch.clone()).await {
-                Err(EtcdError::NotLeader) if attempt < MAX_NOT_LEADER_RETRIES => {
-                    self.leadership_changed().await;
+                Err(EtcdError::NotLeader) if tokio::time::Instant::now() < deadline => {
+                    self.leadership_changed(deadline).await;
                 }
                 Err(EtcdError::NotLeader) => return Err(EtcdError::LeaderChanged),
                 other => return other,
@@ -270,5 +300,34 @@ impl ReadIndexSource for Committer {
             .await
             .map(|_| ())
             .map_err(|_| EtcdError::Timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::witanpb::raft_client::RaftClient;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_safe_refusal_and_other_failures_are_not() {
+        // A port nobody listens on: bind, note the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let status = RaftClient::new(channel)
+            .forward(RaftMessage { data: vec![] })
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(forward_failure(&status), EtcdError::NotLeader));
+
+        let reset = tonic::Status::unavailable("connection reset");
+        assert!(matches!(forward_failure(&reset), EtcdError::LeaderChanged));
+        let late = tonic::Status::deadline_exceeded("late");
+        assert!(matches!(forward_failure(&late), EtcdError::Timeout));
     }
 }
