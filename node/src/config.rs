@@ -117,6 +117,15 @@ pub struct Flags {
     /// Largest client request in bytes.
     #[arg(long, env = "WITAN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
+    /// Learners allowed in the cluster at once (etcd's default is 1; an
+    /// operator growing 3 -> 5 voters adds two).
+    #[arg(
+        long = "max-learners",
+        alias = "experimental-max-learners",
+        env = "WITAN_MAX_LEARNERS",
+        default_value_t = 1
+    )]
+    pub max_learners: usize,
     /// Interval of watch progress notifications, e.g. `10m`, `5s`.
     #[arg(
         long = "watch-progress-notify-interval",
@@ -223,6 +232,7 @@ pub struct Config {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub max_learners: usize,
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: AutoCompaction,
 }
@@ -444,6 +454,7 @@ impl Config {
             snapshot_count: flags.snapshot_count,
             max_txn_ops: flags.max_txn_ops,
             max_request_bytes: flags.max_request_bytes,
+            max_learners: flags.max_learners,
             watch_progress_notify_interval: flags.watch_progress_notify_interval,
         })
     }

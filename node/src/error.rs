@@ -51,6 +51,27 @@ pub enum EtcdError {
     NoSpace,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// A `witanpb.Membership/ChangeVoters` request etcd has no error for.
+    #[error("witan: {0}")]
+    InvalidVoterSet(String),
     /// A storage or internal failure; the text is for the operator's log.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -63,10 +84,21 @@ impl EtcdError {
         match self {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
+            | RequestTooLarge | InvalidSortOption | MemberBadUrls | InvalidVoterSet(_) => {
+                Code::InvalidArgument
+            }
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | NotSupportedForLearner => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
+            LeaseExist
+            | NotLeader
+            | NotSupportedForLearner
+            | MemberExist
+            | PeerUrlExist
+            | NotEnoughStartedMembers
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
             Internal(_) => Code::Unknown,
@@ -100,7 +132,18 @@ impl EtcdError {
             NotSupportedForLearner => 20,
             NoSpace => 21,
             Corrupt => 22,
-            Internal(_) => 0,
+            // Membership errors travel as gRPC statuses between members;
+            // they get numbers all the same so the table stays total.
+            MemberExist => 40,
+            PeerUrlExist => 41,
+            NotEnoughStartedMembers => 42,
+            MemberBadUrls => 43,
+            MemberNotLearner => 44,
+            LearnerNotReady => 45,
+            TooManyLearners => 46,
+            BadLeaderTransferee => 47,
+            Unhealthy => 48,
+            InvalidVoterSet(_) | Internal(_) => 0,
         }
     }
 
@@ -130,6 +173,15 @@ impl EtcdError {
             20 => NotSupportedForLearner,
             21 => NoSpace,
             22 => Corrupt,
+            40 => MemberExist,
+            41 => PeerUrlExist,
+            42 => NotEnoughStartedMembers,
+            43 => MemberBadUrls,
+            44 => MemberNotLearner,
+            45 => LearnerNotReady,
+            46 => TooManyLearners,
+            47 => BadLeaderTransferee,
+            48 => Unhealthy,
             other => Internal(format!("unknown error code {other}")),
         }
     }
@@ -155,7 +207,7 @@ mod tests {
 
     #[test]
     fn wire_codes_round_trip() {
-        for code in 1..=22 {
+        for code in (1..=22).chain(40..=48) {
             assert_eq!(EtcdError::from_wire(code).to_wire(), code);
         }
     }

@@ -25,6 +25,20 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     hash_u64(&[joined.as_bytes(), token.as_bytes()])
 }
 
+/// The id of a member added to a running cluster (MemberAdd). As etcd's
+/// `NewMember`, the time goes in too: a member removed and added back on
+/// the same URLs is a new member with a new id, never the old one.
+pub fn added_member_id(peer_urls: &[String], token: &str, unix_nanos: u128) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let joined = urls.join(",");
+    hash_u64(&[
+        joined.as_bytes(),
+        token.as_bytes(),
+        &unix_nanos.to_be_bytes(),
+    ])
+}
+
 /// The cluster's id from its founding members' ids and the token.
 pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     let mut ids = member_ids.to_vec();
@@ -48,5 +62,15 @@ mod tests {
         );
         assert_eq!(cluster_id(&[3, 1, 2], "t"), cluster_id(&[1, 2, 3], "t"));
         assert_ne!(cluster_id(&[1, 2, 3], "t"), cluster_id(&[1, 2], "t"));
+    }
+
+    #[test]
+    fn a_member_added_again_on_the_same_urls_gets_a_new_id() {
+        let urls = ["http://a:1".to_string()];
+        assert_ne!(
+            added_member_id(&urls, "t", 1),
+            added_member_id(&urls, "t", 2)
+        );
+        assert_ne!(added_member_id(&urls, "t", 1), member_id(&urls, "t"));
     }
 }

@@ -112,9 +112,11 @@ async fn daemon(flags: Flags) -> anyhow::Result<()> {
         .context("starting member")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut removed = running.member.removed.subscribe();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = removed.wait_for(|removed| *removed) => {}
     }
     running.shutdown().await;
     tracing::info!("stopped");

@@ -146,10 +146,70 @@ impl Drop for Member {
     }
 }
 
+/// A member named `name` on the given ports, not started yet.
+#[allow(clippy::too_many_arguments)]
+fn new_member(
+    name: &str,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: &str,
+    state: &str,
+    token: &str,
+    extra_args: &[&str],
+    logs: &Path,
+) -> Member {
+    let data_dir = TempDir::with_prefix(format!("witan-{name}-")).expect("data temp dir");
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--data-dir",
+        &data_dir.path().display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        state,
+        "--initial-cluster-token",
+        token,
+        "--heartbeat-interval",
+        HEARTBEAT_MS,
+        "--election-timeout",
+        ELECTION_MS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    let log_path = logs.join(format!("{name}.log"));
+    File::create(&log_path).expect("creating member log");
+    Member {
+        name: name.to_string(),
+        client_port,
+        peer_port,
+        data_dir,
+        log_path,
+        args,
+        child: None,
+    }
+}
+
 /// N members started together with `--initial-cluster-state new`.
 pub struct Cluster {
     members: Vec<Member>,
-    _logs: TempDir,
+    /// `--initial-cluster-token` of this cluster.
+    token: String,
+    /// Flags every member gets on top of the defaults.
+    extra_args: Vec<String>,
+    logs: TempDir,
 }
 
 fn unique_token() -> String {
@@ -207,52 +267,22 @@ impl Cluster {
         let mut members = Vec::new();
         for (name, p) in names.iter().zip(ports.chunks(2)) {
             let (client_port, peer_port) = (p[0], p[1]);
-            let data_dir = TempDir::with_prefix(format!("witan-{name}-")).expect("data temp dir");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let mut args: Vec<String> = [
-                "--name",
+            members.push(new_member(
                 name,
-                "--data-dir",
-                &data_dir.path().display().to_string(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial_cluster,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &token,
-                "--heartbeat-interval",
-                HEARTBEAT_MS,
-                "--election-timeout",
-                ELECTION_MS,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(extra_args.iter().map(|s| s.to_string()));
-            let log_path = logs.path().join(format!("{name}.log"));
-            File::create(&log_path).expect("creating member log");
-            members.push(Member {
-                name: name.clone(),
                 client_port,
                 peer_port,
-                data_dir,
-                log_path,
-                args,
-                child: None,
-            });
+                &initial_cluster,
+                "new",
+                &token,
+                extra_args,
+                logs.path(),
+            ));
         }
         let mut cluster = Cluster {
             members,
-            _logs: logs,
+            token,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            logs,
         };
         for member in &mut cluster.members {
             prepare(member);
@@ -261,6 +291,60 @@ impl Cluster {
         let all: Vec<usize> = (0..n).collect();
         cluster.try_wait_healthy(&all, READY_TIMEOUT)?;
         Ok(cluster)
+    }
+
+    /// Prepares member `name` that joins this running cluster with
+    /// `--initial-cluster-state existing`, on fresh ports and a fresh data
+    /// dir, and returns its index. It is not started: add it with
+    /// `etcdctl member add` (its [`Member::peer_url`]) first, then
+    /// [`Cluster::spawn`] it.
+    pub fn prepare_joining(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        let mut initial: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        initial.push(format!("{name}=http://127.0.0.1:{}", ports[1]));
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let member = new_member(
+            name,
+            ports[0],
+            ports[1],
+            &initial.join(","),
+            "existing",
+            &self.token,
+            &extra,
+            self.logs.path(),
+        );
+        self.members.push(member);
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` without waiting for it (a learner is never
+    /// "healthy" to etcdctl, since it refuses linearizable reads).
+    pub fn spawn(&mut self, i: usize) {
+        self.members[i].spawn();
+    }
+
+    /// Waits until member `i` exits on its own; returns how it exited.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.members[i].exited() {
+                self.members[i].child = None;
+                return exit;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} still running after {timeout:?}\n{}",
+                    self.members[i].name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn members(&self) -> &[Member] {

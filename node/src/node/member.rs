@@ -60,6 +60,11 @@ pub struct Member {
     /// Flips to true when the member starts shutting down; long-lived
     /// streams end on it.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Admits one membership change at a time on the leader.
+    pub reconfig_lock: tokio::sync::Mutex<()>,
+    /// Flips to true once this member learns it was removed from the
+    /// cluster; the daemon then shuts down, as etcd does.
+    pub removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Member {
@@ -289,30 +294,16 @@ impl Member {
     /// Members as etcd lists them: voters and learners, with what each has
     /// published (an unstarted member has an empty name and client URLs).
     pub fn member_list(&self) -> Result<Vec<PbMember>, EtcdError> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        let mut out = Vec::new();
-        for (id, node) in membership.nodes() {
-            let attrs = self.member_attributes(*id)?.unwrap_or_default();
-            out.push(PbMember {
-                id: *id,
-                name: attrs.name,
-                peer_ur_ls: node.peer_urls.clone(),
-                client_ur_ls: attrs.client_urls,
-                is_learner: !voters.contains(id),
-            });
-        }
-        Ok(out)
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        self.members_of(membership.membership())
     }
 
+    /// Whether this member is a learner: a member of the cluster, but not
+    /// a voter. A member still joining (no membership yet) is neither.
     pub fn is_learner(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        !metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.id)
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        membership.get_node(&self.id).is_some() && !membership.voter_ids().any(|id| id == self.id)
     }
 }
 

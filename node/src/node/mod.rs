@@ -3,9 +3,12 @@
 
 pub mod auto_compaction;
 pub mod committer;
+pub mod join;
 pub mod member;
+pub mod membership;
 pub mod proposer;
 pub mod read_barrier;
+pub mod reconfig;
 pub mod start;
 mod tasks;
 

@@ -24,7 +24,7 @@ use crate::lease::lessor::Lessor;
 use crate::metrics::{self, Metrics};
 use crate::proto::witanpb::MemberIdentity;
 use crate::proto::witanpb::raft_server::RaftServer;
-use crate::raft::network::{MAX_PEER_MESSAGE_BYTES, PeerNetwork};
+use crate::raft::network::{MAX_PEER_MESSAGE_BYTES, PeerChannels, PeerNetwork};
 use crate::raft::peer_service::PeerService;
 use crate::raft::types::{MemberNode, Raft};
 use crate::storage::log_store::LogStore;
@@ -41,6 +41,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("joining the cluster: {0}")]
+    Join(#[from] super::join::JoinError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -79,10 +81,21 @@ impl RunningMember {
     }
 }
 
-/// Loads this member's identity, or derives and records it on first start.
-fn identity(config: &Config, store: &Store) -> Result<(MemberIdentity, bool), StorageError> {
+/// Loads this member's identity, or on first start derives it (a founding
+/// member) or learns it from the running cluster (a joining member), and
+/// records it.
+async fn identity(
+    config: &Config,
+    store: &Store,
+    channels: &PeerChannels,
+) -> Result<(MemberIdentity, bool), StartError> {
     if let Some(identity) = store.identity()? {
         return Ok((identity, false));
+    }
+    if config.initial_cluster_state == ClusterState::Existing {
+        let identity = super::join::discover_identity(config, channels).await?;
+        store.save_identity(&identity)?;
+        return Ok((identity, true));
     }
     let token = &config.initial_cluster_token;
     let member_ids: Vec<u64> = config
@@ -135,7 +148,9 @@ async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
 pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let config = Arc::new(config);
     let store = Store::open(&config.data_dir)?;
-    let (identity, fresh) = identity(&config, &store)?;
+    let network = PeerNetwork::default();
+    let channels = network.channels.clone();
+    let (identity, fresh) = identity(&config, &store, &channels).await?;
     let id = identity.member_id;
     // Every task of this member logs inside this span, so its lines carry
     // the member id.
@@ -157,9 +172,6 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
             path: config.data_dir.clone(),
             source,
         })?;
-    let network = PeerNetwork::default();
-    let channels = network.channels.clone();
-
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
     let client_listeners = bind(&config.listen_client_addrs).await?;
@@ -219,6 +231,8 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         committer,
         metrics,
         stopping: stop_rx.clone(),
+        reconfig_lock: tokio::sync::Mutex::new(()),
+        removed: watch::channel(false).0,
     });
 
     let mut tasks = Vec::new();
@@ -284,6 +298,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     ));
     tasks.push(tokio::spawn(
         tasks::publish_attributes(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        tasks::notice_removal(member.clone(), stop_rx.clone()).instrument(span.clone()),
     ));
     tracing::info!(parent: &span, client = ?client_addrs, peer = ?peer_addrs, "serving");
     Ok(RunningMember {

@@ -158,3 +158,79 @@ pub async fn publish_attributes(member: Arc<Member>, mut stop: watch::Receiver<b
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
+
+/// Flips `member.removed` once this member learns the cluster removed it:
+/// from its own applied membership, or, when it has been without a leader
+/// for a while, from a peer that knows a newer membership without it (a
+/// removed follower may never receive the entry that removed it, since the
+/// leader stops replicating to it).
+pub async fn notice_removal(member: Arc<Member>, mut stop: watch::Receiver<bool>) {
+    let ask_after = Duration::from_millis(member.config.election_timeout_ms * 3);
+    let mut metrics = member.raft.metrics();
+    // Log index of the newest membership that still listed this member.
+    let mut last_listed_at: Option<u64> = None;
+    let mut peers: Vec<String> = Vec::new();
+    let mut leaderless_since: Option<Instant> = None;
+    loop {
+        let removed_locally = {
+            let m = metrics.borrow_and_update();
+            let config = &m.membership_config;
+            let index = config.log_id().map_or(0, |l| l.index);
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let membership = config.membership();
+            leaderless_since = match m.current_leader {
+                Some(_) => None,
+                None => leaderless_since.or(Some(Instant::now())),
+            };
+            if membership.get_node(&member.id).is_some() {
+                last_listed_at = Some(index);
+                peers = membership
+                    .nodes()
+                    .filter(|(id, _)| **id != member.id)
+                    .filter_map(|(_, node)| node.peer_urls.first().cloned())
+                    .collect();
+                false
+            } else {
+                // Applied, hence committed: the cluster did remove us.
+                last_listed_at.is_some_and(|listed| index > listed && applied >= index)
+            }
+        };
+        let removed = match (removed_locally, last_listed_at, leaderless_since) {
+            (true, _, _) => true,
+            (false, Some(listed), Some(since)) if since.elapsed() >= ask_after => {
+                leaderless_since = Some(Instant::now());
+                removed_according_to_peers(&member, &peers, listed).await
+            }
+            _ => false,
+        };
+        if removed {
+            tracing::warn!(member = %format!("{:x}", member.id), "this member was removed from the cluster; shutting down");
+            member.removed.send_replace(true);
+            return;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(ask_after) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Whether a peer that has a leader knows a membership newer than
+/// `listed_at` that no longer lists this member.
+async fn removed_according_to_peers(member: &Member, peers: &[String], listed_at: u64) -> bool {
+    for url in peers {
+        match super::join::ask(&member.committer.channels, url).await {
+            Ok(answer)
+                if answer.has_leader
+                    && answer.membership_index > listed_at
+                    && !answer.members.iter().any(|m| m.id == member.id) =>
+            {
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "asking a peer for the membership"),
+        }
+    }
+    false
+}

@@ -10,8 +10,11 @@ use tonic::{Request, Response, Status};
 use super::network::{decode, encode};
 use super::types::{NodeId, TypeConfig};
 use crate::node::Member;
-use crate::proto::witanpb::RaftMessage;
 use crate::proto::witanpb::raft_server::Raft as RaftService;
+use crate::proto::witanpb::{
+    ClusterMembersRequest, ClusterMembersResponse, MembershipChange, MembershipChangeResult,
+    RaftMessage,
+};
 
 pub struct PeerService {
     pub member: Arc<Member>,
@@ -52,5 +55,32 @@ impl RaftService for PeerService {
         Ok(Response::new(RaftMessage {
             data: answer.encode_to_vec(),
         }))
+    }
+
+    async fn cluster_members(
+        &self,
+        _: Request<ClusterMembersRequest>,
+    ) -> Result<Response<ClusterMembersResponse>, Status> {
+        let metrics = self.member.raft.metrics().borrow().clone();
+        let members = self
+            .member
+            .members_of(metrics.membership_config.membership())?;
+        Ok(Response::new(ClusterMembersResponse {
+            cluster_id: self.member.cluster_id,
+            members,
+            membership_index: metrics.membership_config.log_id().map_or(0, |l| l.index),
+            has_leader: metrics.current_leader.is_some(),
+        }))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<MembershipChange>,
+    ) -> Result<Response<MembershipChangeResult>, Status> {
+        let result = self
+            .member
+            .change_membership_as_leader(req.into_inner())
+            .await?;
+        Ok(Response::new(result))
     }
 }

@@ -1,6 +1,6 @@
-//! etcdserverpb.Cluster: MemberList. Adding, removing, updating and
-//! promoting members come with the membership work and answer
-//! Unimplemented until then.
+//! etcdserverpb.Cluster: MemberList on any member; MemberAdd, MemberRemove,
+//! MemberUpdate and MemberPromote are carried out by the leader (see
+//! `node::reconfig`), wherever they arrive.
 
 use std::sync::Arc;
 
@@ -13,6 +13,9 @@ use crate::proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use crate::proto::witanpb::MembershipChange;
+use crate::proto::witanpb::membership_change::Change;
+use crate::proto::witanpb::membership_change_result::Result as ChangeResult;
 
 pub struct ClusterService {
     member: Arc<Member>,
@@ -22,33 +25,52 @@ impl ClusterService {
     pub fn new(member: Arc<Member>) -> Self {
         ClusterService { member }
     }
+
+    async fn change(&self, change: Change) -> Result<ChangeResult, Status> {
+        self.member
+            .change_membership(MembershipChange {
+                change: Some(change),
+            })
+            .await?
+            .result
+            .ok_or_else(|| Status::internal("empty membership change result"))
+    }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("witan: {what} is not supported by this version"))
+fn mismatched() -> Status {
+    Status::internal("membership change answered for another kind of change")
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        match self.change(Change::Add(request.into_inner())).await? {
+            ChangeResult::Add(resp) => Ok(Response::new(resp)),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        match self.change(Change::Remove(request.into_inner())).await? {
+            ChangeResult::Remove(resp) => Ok(Response::new(resp)),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        match self.change(Change::Update(request.into_inner())).await? {
+            ChangeResult::Update(resp) => Ok(Response::new(resp)),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn member_list(
@@ -67,8 +89,11 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        match self.change(Change::Promote(request.into_inner())).await? {
+            ChangeResult::Promote(resp) => Ok(Response::new(resp)),
+            _ => Err(mismatched()),
+        }
     }
 }

@@ -68,6 +68,10 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_range(&req)?;
         if !req.serializable {
+            // A learner serves serializable reads only, as in etcd.
+            if self.member.is_learner() {
+                return Err(EtcdError::NotSupportedForLearner.into());
+            }
             self.member.linearizable_barrier().await?;
         }
         let (mut resp, revision) = self

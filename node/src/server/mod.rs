@@ -3,8 +3,10 @@
 pub mod authority;
 pub mod cluster;
 pub mod kv;
+pub mod learner_gate;
 pub mod lease;
 pub mod maintenance;
+pub mod membership;
 pub mod watch;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::witanpb::membership_server::MembershipServer;
 
 /// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -53,12 +56,19 @@ pub async fn serve(
     .add_service(MaintenanceServer::new(
         maintenance::MaintenanceService::new(member.clone()),
     ))
+    .add_service(MembershipServer::new(membership::MembershipService::new(
+        member.clone(),
+    )))
     .add_service(health_service);
     // etcd's HTTP endpoints (/health, /readyz, ...) share the port, over
     // HTTP/1.1 or HTTP/2 alike.
     let routes = tonic::service::Routes::from(
         grpc.routes()
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                member.clone(),
+                learner_gate::refuse_for_learner,
+            ))
             .merge(crate::http::router(member.clone())),
     );
     let result = tonic::transport::Server::builder()

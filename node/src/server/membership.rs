@@ -1,0 +1,40 @@
+//! witanpb.Membership: witan's joint voter-set change (see
+//! `proto/witanpb/membership.proto`), carried out by the leader.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::node::Member;
+use crate::proto::witanpb::membership_change::Change;
+use crate::proto::witanpb::membership_change_result::Result as ChangeResult;
+use crate::proto::witanpb::membership_server::Membership;
+use crate::proto::witanpb::{ChangeVotersRequest, ChangeVotersResponse, MembershipChange};
+
+pub struct MembershipService {
+    member: Arc<Member>,
+}
+
+impl MembershipService {
+    pub fn new(member: Arc<Member>) -> Self {
+        MembershipService { member }
+    }
+}
+
+#[tonic::async_trait]
+impl Membership for MembershipService {
+    async fn change_voters(
+        &self,
+        request: Request<ChangeVotersRequest>,
+    ) -> Result<Response<ChangeVotersResponse>, Status> {
+        let change = MembershipChange {
+            change: Some(Change::ChangeVoters(request.into_inner())),
+        };
+        match self.member.change_membership(change).await?.result {
+            Some(ChangeResult::ChangeVoters(resp)) => Ok(Response::new(resp)),
+            _ => Err(Status::internal(
+                "membership change answered for another kind of change",
+            )),
+        }
+    }
+}
