@@ -69,6 +69,8 @@ pub enum EtcdError {
     BadLeaderTransferee,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A `witanpb.Membership/ChangeVoters` request etcd has no error for.
     #[error("witan: {0}")]
     InvalidVoterSet(String),
@@ -98,7 +100,9 @@ impl EtcdError {
             | LearnerNotReady
             | TooManyLearners
             | BadLeaderTransferee => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy => Code::Unavailable,
+            NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy | LeaderTransferTimeout => {
+                Code::Unavailable
+            }
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
             Internal(_) => Code::Unknown,
@@ -143,6 +147,7 @@ impl EtcdError {
             TooManyLearners => 46,
             BadLeaderTransferee => 47,
             Unhealthy => 48,
+            LeaderTransferTimeout => 49,
             InvalidVoterSet(_) | Internal(_) => 0,
         }
     }
@@ -182,6 +187,7 @@ impl EtcdError {
             46 => TooManyLearners,
             47 => BadLeaderTransferee,
             48 => Unhealthy,
+            49 => LeaderTransferTimeout,
             other => Internal(format!("unknown error code {other}")),
         }
     }
@@ -207,7 +213,7 @@ mod tests {
 
     #[test]
     fn wire_codes_round_trip() {
-        for code in (1..=22).chain(40..=48) {
+        for code in (1..=22).chain(40..=49) {
             assert_eq!(EtcdError::from_wire(code).to_wire(), code);
         }
     }

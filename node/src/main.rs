@@ -113,10 +113,15 @@ async fn daemon(flags: Flags) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut removed = running.member.removed.subscribe();
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = removed.wait_for(|removed| *removed) => {}
+    let signalled = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); true }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); true }
+        _ = removed.wait_for(|removed| *removed) => false,
+    };
+    if signalled {
+        // A leader hands over first, so the cluster need not wait out an
+        // election timeout; bounded by the request timeout.
+        running.member.step_down_before_exit().await;
     }
     running.shutdown().await;
     tracing::info!("stopped");

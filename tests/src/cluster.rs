@@ -328,6 +328,14 @@ impl Cluster {
         self.members[i].spawn();
     }
 
+    /// Sends SIGTERM to member `i` (a graceful stop; its data dir stays).
+    pub fn terminate(&mut self, i: usize) {
+        let child = self.members[i].child.as_ref().expect("member is running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "sending SIGTERM to {pid}");
+    }
+
     /// Waits until member `i` exits on its own; returns how it exited.
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

@@ -32,6 +32,10 @@ pub struct Committer {
     pub request_timeout: Duration,
     /// Pending and failed proposals are counted here.
     pub metrics: Arc<Metrics>,
+    /// Set while this leader hands leadership over: new writes are refused
+    /// as "not leader" (so they are retried on the next leader), since
+    /// every append would renew the followers' leader lease.
+    pub writes_held: std::sync::atomic::AtomicBool,
 }
 
 /// Who leads right now, as this member sees it.
@@ -106,6 +110,9 @@ impl Committer {
         &self,
         batch: Vec<InternalRequest>,
     ) -> Result<Vec<InternalResponse>, EtcdError> {
+        if self.writes_held.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EtcdError::NotLeader);
+        }
         match self.raft.client_write(Batch(batch)).await {
             Ok(resp) => Ok(resp.data.0),
             // Refused before it was appended: nothing happened, so the

@@ -65,6 +65,9 @@ pub struct Member {
     /// Flips to true once this member learns it was removed from the
     /// cluster; the daemon then shuts down, as etcd does.
     pub removed: tokio::sync::watch::Sender<bool>,
+    /// Until when this member starts no election (a leadership transfer
+    /// to another member is under way).
+    pub election_hold: super::transfer::ElectionHold,
 }
 
 impl Member {

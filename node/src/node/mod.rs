@@ -11,6 +11,7 @@ pub mod read_barrier;
 pub mod reconfig;
 pub mod start;
 mod tasks;
+pub mod transfer;
 
 pub use member::Member;
 pub use start::{RunningMember, start};

@@ -216,6 +216,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         hub: hub.clone(),
         request_timeout,
         metrics: metrics.clone(),
+        writes_held: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let member = Arc::new(Member {
@@ -233,6 +234,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         stopping: stop_rx.clone(),
         reconfig_lock: tokio::sync::Mutex::new(()),
         removed: watch::channel(false).0,
+        election_hold: Default::default(),
     });
 
     let mut tasks = Vec::new();

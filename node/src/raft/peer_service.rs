@@ -12,7 +12,8 @@ use super::types::{NodeId, TypeConfig};
 use crate::node::Member;
 use crate::proto::witanpb::raft_server::Raft as RaftService;
 use crate::proto::witanpb::{
-    ClusterMembersRequest, ClusterMembersResponse, MembershipChange, MembershipChangeResult,
+    CampaignRequest, CampaignResponse, ClusterMembersRequest, ClusterMembersResponse,
+    HoldElectionsRequest, HoldElectionsResponse, MembershipChange, MembershipChangeResult,
     RaftMessage,
 };
 
@@ -82,5 +83,25 @@ impl RaftService for PeerService {
             .change_membership_as_leader(req.into_inner())
             .await?;
         Ok(Response::new(result))
+    }
+
+    async fn hold_elections(
+        &self,
+        req: Request<HoldElectionsRequest>,
+    ) -> Result<Response<HoldElectionsResponse>, Status> {
+        let duration = std::time::Duration::from_millis(req.get_ref().duration_ms);
+        self.member.hold_elections(duration);
+        Ok(Response::new(HoldElectionsResponse {}))
+    }
+
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let duration = std::time::Duration::from_millis(req.get_ref().duration_ms);
+        // Elections held for an earlier transfer must not stop this one.
+        self.member.hold_elections(std::time::Duration::ZERO);
+        self.member.campaign(duration);
+        Ok(Response::new(CampaignResponse {}))
     }
 }

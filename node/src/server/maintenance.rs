@@ -171,9 +171,14 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        self.member
+            .transfer_leadership(request.get_ref().target_id)
+            .await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.member.header(self.member.hub.current_revision()),
+        }))
     }
 
     async fn downgrade(
