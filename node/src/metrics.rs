@@ -6,11 +6,17 @@
 //! apply, committer, a leader watch task); gauges that mirror Raft state
 //! are set from an [`Observed`] snapshot taken at scrape time.
 
+pub mod grpc;
+
+use std::sync::Arc;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, TextEncoder,
     exponential_buckets,
 };
 use tokio::sync::watch;
+
+use grpc::GrpcMetrics;
 
 use crate::raft::types::{NodeId, Raft};
 
@@ -22,6 +28,12 @@ pub const DEFAULT_QUOTA_BACKEND_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// (up to ~8.2s), then +Inf.
 pub fn disk_duration_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.0, 14).expect("valid bucket layout")
+}
+
+/// etcd's bucket layout for peer round trips: 0.1ms doubling, 16 buckets
+/// (up to ~3.3s), then +Inf.
+pub fn peer_round_trip_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 16).expect("valid bucket layout")
 }
 
 /// What the scrape-time gauges report, read from the member when scraped.
@@ -59,6 +71,11 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// Time of one apply transaction's commit.
     pub backend_commit: Histogram,
+    /// Round trip of one heartbeat to a peer, labelled `To` (the peer's id
+    /// in hex, as etcd writes member ids).
+    pub peer_round_trip_time: HistogramVec,
+    /// go-grpc-prometheus' server metrics, fed by the client port's layer.
+    pub grpc: Arc<GrpcMetrics>,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -157,6 +174,20 @@ impl Metrics {
                 "etcd_disk_backend_commit_duration_seconds",
                 "The latency distributions of commit called by backend.",
             ),
+            peer_round_trip_time: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "etcd_network_peer_round_trip_time_seconds",
+                        "Round-Trip-Time histogram between peers",
+                    )
+                    .buckets(peer_round_trip_buckets()),
+                    &["To"],
+                )
+                .expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("unique name");
+                h
+            },
+            grpc: Arc::new(GrpcMetrics::register(&r)),
             registry: r,
         };
         metrics.quota_backend_bytes.set(DEFAULT_QUOTA_BACKEND_BYTES);
@@ -244,6 +275,11 @@ mod tests {
         "etcd_server_quota_backend_bytes",
         "etcd_disk_wal_fsync_duration_seconds",
         "etcd_disk_backend_commit_duration_seconds",
+        "grpc_server_started_total",
+        "grpc_server_handled_total",
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+        "grpc_server_handling_seconds",
     ];
 
     fn value(text: &str, name: &str) -> String {
@@ -316,6 +352,23 @@ mod tests {
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1\n"));
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"} 1\n"));
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn peer_round_trips_use_etcds_buckets_and_hex_ids() {
+        let buckets = peer_round_trip_buckets();
+        assert_eq!(buckets.len(), 16);
+        assert_eq!(buckets[0], 0.0001);
+        assert!((buckets[15] - 3.2768).abs() < 1e-9);
+        let metrics = Metrics::new();
+        metrics
+            .peer_round_trip_time
+            .with_label_values(&[&format!("{:x}", 0x8e9e05c52164694d_u64)])
+            .observe(0.0003);
+        let text = metrics.render(&Observed::default());
+        assert!(text.contains(
+            "etcd_network_peer_round_trip_time_seconds_bucket{To=\"8e9e05c52164694d\",le=\"0.0004\"} 1\n"
+        ));
     }
 
     #[test]

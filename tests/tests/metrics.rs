@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use witan_tests::{Cluster, poll_until, run_bounded};
 
+/// How long a stream's end may take to show in the metrics.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Every etcd metric witan exports (see docs/metrics.md).
 const NAMES: &[&str] = &[
     "etcd_server_has_leader",
@@ -45,6 +48,71 @@ fn sample(text: &str, name: &str) -> Result<f64, String> {
     line.trim()
         .parse()
         .map_err(|e| format!("{name} = {line:?}: {e}"))
+}
+
+/// The value of the sample `name` whose labels are exactly `labels`.
+fn labelled(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64, String> {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((set, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        // No label value here contains `,`, so splitting on it is exact.
+        let mut got: Vec<String> = set.split(',').map(str::to_string).collect();
+        got.sort();
+        if got == want {
+            return value.trim().parse().map_err(|e| format!("{line:?}: {e}"));
+        }
+    }
+    Err(format!("no sample {name}{labels:?}"))
+}
+
+/// One gRPC method's go-grpc-prometheus series, read from a scrape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Calls {
+    started: f64,
+    received: f64,
+    sent: f64,
+    handled: f64,
+    handling_count: f64,
+}
+
+fn calls(text: &str, grpc_type: &str, service: &str, method: &str, code: &str) -> Calls {
+    let labels = [
+        ("grpc_type", grpc_type),
+        ("grpc_service", service),
+        ("grpc_method", method),
+    ];
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        labelled(text, name, labels).unwrap_or_else(|e| panic!("{e} in:\n{text}"))
+    };
+    let mut with_code = labels.to_vec();
+    with_code.push(("grpc_code", code));
+    Calls {
+        started: get("grpc_server_started_total", &labels),
+        received: get("grpc_server_msg_received_total", &labels),
+        sent: get("grpc_server_msg_sent_total", &labels),
+        handled: get("grpc_server_handled_total", &with_code),
+        handling_count: get("grpc_server_handling_seconds_count", &labels),
+    }
+}
+
+impl std::ops::Sub for Calls {
+    type Output = Calls;
+
+    fn sub(self, before: Calls) -> Calls {
+        Calls {
+            started: self.started - before.started,
+            received: self.received - before.received,
+            sent: self.sent - before.sent,
+            handled: self.handled - before.handled,
+            handling_count: self.handling_count - before.handling_count,
+        }
+    }
 }
 
 #[test]
@@ -123,4 +191,115 @@ fn every_member_serves_etcds_metrics() {
         assert!(get("process_resident_memory_bytes") > 0.0, "{name}");
     }
     assert_eq!(leaders, vec![leader], "exactly the leader says is_leader");
+}
+
+/// go-grpc-prometheus' series, as etcd exports them, for unary calls that
+/// succeed and fail (a trailers-only error), a bidi stream the client
+/// abandons and a server stream; counted from a scrape before and after.
+#[test]
+fn grpc_calls_are_counted_as_go_grpc_prometheus_counts_them() {
+    let c = Cluster::start(1);
+    let port = c.member(0).client_port;
+    let before = scrape(port).expect("scrape");
+    // Every series exists before its first call, as after go's Register.
+    assert_eq!(
+        labelled(
+            &before,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_type", "unary"),
+                ("grpc_service", "etcdserverpb.Cluster"),
+                ("grpc_method", "MemberPromote"),
+                ("grpc_code", "Unavailable"),
+            ],
+        ),
+        Ok(0.0)
+    );
+    let put = |t: &str| calls(t, "unary", "etcdserverpb.KV", "Put", "OK");
+    let range = |t: &str| calls(t, "unary", "etcdserverpb.KV", "Range", "OK");
+    let revoke = |t: &str| calls(t, "unary", "etcdserverpb.Lease", "LeaseRevoke", "NotFound");
+    let watch = |t: &str| calls(t, "bidi_stream", "etcdserverpb.Watch", "Watch", "Canceled");
+    let snapshot = |t: &str| {
+        calls(
+            t,
+            "server_stream",
+            "etcdserverpb.Maintenance",
+            "Snapshot",
+            "OK",
+        )
+    };
+
+    for _ in 0..2 {
+        c.ctl(&["put", "a", "b"]);
+    }
+    for _ in 0..3 {
+        c.ctl(&["get", "a"]);
+    }
+    let out = c.ctl_err(&["lease", "revoke", "1234abcd"]);
+    assert!(
+        out.error_line().contains("requested lease not found"),
+        "{out}"
+    );
+
+    // A watch that sees one event, then its client goes away.
+    let mut watcher = c.watch(&["w"]);
+    poll_until(SETTLE_TIMEOUT, "the watch to be created", || {
+        let d = watch(&scrape(port)?) - watch(&before);
+        (d.started == 1.0 && d.sent == 1.0)
+            .then_some(())
+            .ok_or(format!("{d:?}"))
+    });
+    c.ctl(&["put", "w", "x"]);
+    watcher.wait_line(0, "x", Duration::from_secs(10));
+    watcher.kill();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("snap.db").display().to_string();
+    c.expect_success(c.run(&c.endpoint(0), &["snapshot", "save", &path], None));
+
+    let after = poll_until(SETTLE_TIMEOUT, "the watch to be handled", || {
+        let text = scrape(port)?;
+        let d = watch(&text) - watch(&before);
+        (d.handled == 1.0).then_some(text).ok_or(format!("{d:?}"))
+    });
+    let one_each = |n: f64| Calls {
+        started: n,
+        received: n,
+        sent: n,
+        handled: n,
+        handling_count: n,
+    };
+    // Two puts, and the one the watch saw.
+    assert_eq!(put(&after) - put(&before), one_each(3.0));
+    assert_eq!(range(&after) - range(&before), one_each(3.0));
+    // A failed unary call sends no message.
+    assert_eq!(
+        revoke(&after) - revoke(&before),
+        Calls {
+            sent: 0.0,
+            ..one_each(1.0)
+        }
+    );
+    // Each message of a stream counts: the create request; the created
+    // response and the event.
+    assert_eq!(
+        watch(&after) - watch(&before),
+        Calls {
+            received: 1.0,
+            sent: 2.0,
+            ..one_each(1.0)
+        }
+    );
+    let snap = snapshot(&after) - snapshot(&before);
+    assert_eq!(
+        (
+            snap.started,
+            snap.received,
+            snap.handled,
+            snap.handling_count
+        ),
+        (1.0, 1.0, 1.0, 1.0),
+        "{snap:?}"
+    );
+    assert!(snap.sent >= 2.0, "the snapshot comes in chunks: {snap:?}");
 }

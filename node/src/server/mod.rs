@@ -7,6 +7,7 @@ pub mod learner_gate;
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
+pub mod metered;
 pub mod watch;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
+        // go-grpc-prometheus' metrics, for every gRPC service on this port.
+        .layer(metered::GrpcMetricsLayer::new(member.metrics.grpc.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Accepted connections get etcdctl's `:authority` repaired.
