@@ -303,3 +303,48 @@ fn grpc_calls_are_counted_as_go_grpc_prometheus_counts_them() {
     );
     assert!(snap.sent >= 2.0, "the snapshot comes in chunks: {snap:?}");
 }
+
+/// `etcd_network_peer_round_trip_time_seconds{To}`: the leader times its
+/// heartbeats to each follower, labelled with the follower's id in hex.
+#[test]
+fn the_leader_reports_round_trips_to_each_peer() {
+    let c = Cluster::start(3);
+    let leader = c.leader();
+    let peers: Vec<String> = (0..c.len())
+        .filter(|&i| i != leader)
+        .map(|i| format!("{:x}", c.member_id(i)))
+        .collect();
+    let port = c.member(leader).client_port;
+    let text = poll_until(SETTLE_TIMEOUT, "round trips to both peers", || {
+        let text = scrape(port)?;
+        for to in &peers {
+            let count = labelled(
+                &text,
+                "etcd_network_peer_round_trip_time_seconds_count",
+                &[("To", to)],
+            )?;
+            if count < 1.0 {
+                return Err(format!("no round trip to {to} yet"));
+            }
+        }
+        Ok(text)
+    });
+    for to in &peers {
+        // etcd's buckets: 0.1ms doubling, 16 of them.
+        for le in ["0.0001", "3.2768", "+Inf"] {
+            labelled(
+                &text,
+                "etcd_network_peer_round_trip_time_seconds_bucket",
+                &[("To", to), ("le", le)],
+            )
+            .unwrap_or_else(|e| panic!("{e} in:\n{text}"));
+        }
+        let sum = labelled(
+            &text,
+            "etcd_network_peer_round_trip_time_seconds_sum",
+            &[("To", to)],
+        )
+        .expect("sum");
+        assert!(sum > 0.0, "{to}: {sum}");
+    }
+}

@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
             path: config.data_dir.clone(),
             source,
         })?;
+    let network = network.with_round_trip_time(metrics.peer_round_trip_time.clone());
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
     let client_listeners = bind(&config.listen_client_addrs).await?;

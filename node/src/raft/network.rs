@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -13,6 +13,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use prometheus::{Histogram, HistogramVec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -63,6 +64,16 @@ impl PeerChannels {
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     pub channels: PeerChannels,
+    /// `etcd_network_peer_round_trip_time_seconds`, labelled by peer.
+    round_trip_time: Option<HistogramVec>,
+}
+
+impl PeerNetwork {
+    /// Times heartbeats to each peer into `histogram` (label `To`).
+    pub fn with_round_trip_time(mut self, histogram: HistogramVec) -> Self {
+        self.round_trip_time = Some(histogram);
+        self
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -72,6 +83,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerConnection {
             target,
             client: self.channels.client(node),
+            // etcd labels peers with their member id in hex.
+            round_trip_time: self
+                .round_trip_time
+                .as_ref()
+                .map(|h| h.with_label_values(&[&format!("{target:x}")])),
         }
     }
 }
@@ -80,6 +96,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    round_trip_time: Option<Histogram>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +115,10 @@ pub(crate) fn decode<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String
 
 enum Rpc {
     Append,
+    /// An AppendEntries without entries (a heartbeat, or a commit index
+    /// update): the follower answers it without an fsync, so its time is
+    /// close to the peer link's round trip, which etcd's prober measures.
+    Heartbeat,
     Vote,
     Snapshot,
 }
@@ -124,11 +145,15 @@ impl PeerConnection {
         };
         let mut request = tonic::Request::new(encode(req));
         request.set_timeout(option.hard_ttl());
+        let sent_at = Instant::now();
         let reply = match rpc {
-            Rpc::Append => client.append_entries(request).await,
+            Rpc::Append | Rpc::Heartbeat => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
+        if let (Rpc::Heartbeat, Ok(_), Some(histogram)) = (&rpc, &reply, &self.round_trip_time) {
+            histogram.observe(sent_at.elapsed().as_secs_f64());
+        }
         let reply = match reply {
             Ok(reply) => reply.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -155,7 +180,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
-        self.call(Rpc::Append, &rpc, &option).await
+        let kind = if rpc.entries.is_empty() {
+            Rpc::Heartbeat
+        } else {
+            Rpc::Append
+        };
+        self.call(kind, &rpc, &option).await
     }
 
     async fn install_snapshot(
