@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use witan_tests::{Cluster, LineChild, run_bounded};
+use sha2::{Digest, Sha256};
+use witan_node::storage::backup;
+use witan_tests::{Cluster, LineChild, poll_until, revision_of, run_bounded};
 
 /// How long one curl may take.
 const CURL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +39,40 @@ fn post(endpoint: &str, path: &str, body: &Value) -> (u16, Value) {
     let json =
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
     (code.trim().parse().expect("status code"), json)
+}
+
+/// `curl -X POST -d <body>` to a streaming call that ends by itself:
+/// (status, one JSON value per line of the answer).
+fn post_stream(endpoint: &str, path: &str, body: &str) -> (u16, Vec<Value>) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-N",
+        "--max-time",
+        "8",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        "-d",
+    ])
+    .arg(body)
+    .arg(format!("http://{endpoint}{path}"));
+    let out = run_bounded(cmd, None, CURL_TIMEOUT);
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "curl {path} did not end by itself: {:?} {}",
+        out.status,
+        out.stderr
+    );
+    let (text, code) = out.stdout.rsplit_once('\n').expect("status line");
+    let lines = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {line}"))
+        })
+        .collect();
+    (code.trim().parse().expect("status code"), lines)
 }
 
 fn b64(text: &str) -> String {
@@ -138,4 +174,170 @@ fn watch_streams_result_lines() {
         event["result"]["events"][0].get("type").is_none(),
         "PUT is the default: {event}"
     );
+}
+
+#[test]
+fn cluster_and_maintenance_calls_over_the_json_gateway() {
+    let c = Cluster::start(3);
+    let ep = c.endpoint(0);
+    let ids: Vec<String> = (0..3).map(|i| c.member_id(i).to_string()).collect();
+
+    let (code, list) = post(&ep, "/v3/cluster/member/list", &json!({}));
+    assert_eq!(code, 200, "{list}");
+    let mut listed: Vec<String> = list["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("members: {list}"))
+        .iter()
+        .map(|m| m["ID"].as_str().expect("ID as a string").to_string())
+        .collect();
+    listed.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    let me = &list["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["ID"] == ids[0].as_str())
+        .expect("member 0 listed")
+        .clone();
+    assert_eq!(me["name"], c.member(0).name, "{me}");
+    assert_eq!(me["peerURLs"][0], c.member(0).peer_url(), "{me}");
+    assert_eq!(me["clientURLs"][0], c.member(0).client_url(), "{me}");
+
+    let leader = c.leader();
+    let (code, status) = post(&ep, "/v3/maintenance/status", &json!({}));
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["header"]["member_id"], ids[0].as_str());
+    assert_eq!(status["leader"], ids[leader].as_str());
+    assert!(
+        status["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    assert!(status["dbSize"].as_str().is_some(), "{status}");
+    assert!(status.get("isLearner").is_none(), "false is left out");
+
+    // GET (0, the default) lists the alarms: none.
+    let (code, alarms) = post(&ep, "/v3/maintenance/alarm", &json!({"action": "GET"}));
+    assert_eq!(code, 200, "{alarms}");
+    assert!(alarms.get("alarms").is_none(), "{alarms}");
+    assert!(alarms["header"]["revision"].is_string());
+
+    let mut last = 0;
+    for v in ["1", "2", "3"] {
+        last = revision_of(&c.ctl(&["put", "compacted", v, "-w", "json"]));
+    }
+    let (code, compact) = post(
+        &ep,
+        "/v3/kv/compaction",
+        &json!({"revision": last.to_string(), "physical": true}),
+    );
+    assert_eq!(code, 200, "{compact}");
+    assert!(compact["header"]["revision"].is_string());
+    let (code, err) = post(
+        &ep,
+        "/v3/kv/range",
+        &json!({"key": b64("compacted"), "revision": (last - 1).to_string()}),
+    );
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(
+        err["message"],
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    // Compacting the same revision again is etcd's error too.
+    let (code, err) = post(
+        &ep,
+        "/v3/kv/compaction",
+        &json!({"revision": last.to_string()}),
+    );
+    assert_eq!(code, 400, "{err}");
+}
+
+#[test]
+fn lease_keepalive_streams_one_result_per_request() {
+    let c = Cluster::start(3);
+    let ep = c.endpoint(1);
+    let (code, grant) = post(&ep, "/v3/lease/grant", &json!({"TTL": "10"}));
+    assert_eq!(code, 200, "{grant}");
+    let id = grant["ID"].as_str().expect("lease id").to_string();
+    let remaining = |id: &str| {
+        let (_, ttl) = post(&ep, "/v3/lease/timetolive", &json!({"ID": id}));
+        ttl["TTL"]
+            .as_str()
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("TTL: {ttl}"))
+    };
+    // Let the lease run down a little, so the keep-alive visibly renews it.
+    poll_until(Duration::from_secs(10), "the lease to run down", || {
+        let ttl = remaining(&id);
+        (ttl <= 8).then_some(()).ok_or(format!("TTL {ttl}"))
+    });
+
+    // Two requests in one body: two answers, then the stream ends.
+    let request = json!({"ID": id}).to_string();
+    let (code, lines) = post_stream(&ep, "/v3/lease/keepalive", &format!("{request}\n{request}"));
+    assert_eq!(code, 200, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["result"]["ID"], id.as_str(), "{line}");
+        assert_eq!(line["result"]["TTL"], "10", "{line}");
+        assert!(line["result"]["header"]["revision"].is_string(), "{line}");
+    }
+    assert!(remaining(&id) >= 9, "renewed");
+
+    // A lease that does not exist answers TTL 0 (left out), as in etcd.
+    let (code, lines) = post_stream(&ep, "/v3beta/lease/keepalive", r#"{"ID":"12345"}"#);
+    assert_eq!(code, 200);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["result"]["ID"], "12345");
+    assert!(lines[0]["result"].get("TTL").is_none(), "{lines:?}");
+
+    // A body that does not decode is refused before any stream.
+    let (code, lines) = post_stream(&ep, "/v3/lease/keepalive", "{not json");
+    assert_eq!(code, 400, "{lines:?}");
+    assert_eq!(lines[0]["code"], 3, "{lines:?}");
+}
+
+#[test]
+fn snapshot_streams_the_snapshot_in_base64_chunks() {
+    let c = Cluster::start(3);
+    let mut last = 0;
+    for v in ["1", "2"] {
+        last = revision_of(&c.ctl(&["put", "snapped", v, "-w", "json"]));
+    }
+    c.wait_applied(2, last);
+
+    let (code, lines) = post_stream(&c.endpoint(2), "/v3/maintenance/snapshot", "{}");
+    assert_eq!(code, 200);
+    assert!(lines.len() >= 2, "content, then the checksum: {lines:?}");
+    let first = &lines[0]["result"];
+    assert_eq!(
+        first["header"]["revision"],
+        last.to_string().as_str(),
+        "{first}"
+    );
+    let mut raw = Vec::new();
+    let mut previous_remaining = u64::MAX;
+    for line in &lines {
+        let result = &line["result"];
+        let blob = result["blob"].as_str().unwrap_or_else(|| panic!("{line}"));
+        raw.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .expect("base64 blob"),
+        );
+        // remaining_bytes counts down; 0 is left out.
+        let remaining: u64 = result.get("remaining_bytes").map_or(0, |r| {
+            r.as_str().and_then(|r| r.parse().ok()).expect("a string")
+        });
+        assert!(remaining <= previous_remaining, "{line}");
+        previous_remaining = remaining;
+    }
+    assert_eq!(previous_remaining, 0);
+    let (content, trailer) = raw.split_at(raw.len() - 32);
+    assert_eq!(Sha256::digest(content).as_slice(), trailer);
+    let file = backup::decode(&raw).expect("decoding the streamed snapshot");
+    assert_eq!(file.image.revision, last);
+    assert_eq!(file.member_id, c.member_id(2));
 }

@@ -4,9 +4,11 @@
 //! unset fields left out). `/v3beta/...` is the same. Each route calls the
 //! gRPC service implementation, so both front ends give the same answers.
 //!
-//! `/v3/watch` streams newline-delimited `{"result": ...}` objects, as
-//! etcd's gateway does; lease keep-alive and snapshot streams are not served
-//! here yet.
+//! The streaming calls answer with newline-delimited `{"result": ...}`
+//! objects (an error mid-stream is an `{"error": ...}` line), as etcd's
+//! gateway does: `/v3/watch` (one request, then events until the client
+//! hangs up), `/v3/lease/keepalive` (one answer per request in the body,
+//! then the end) and `/v3/maintenance/snapshot` (the snapshot's chunks).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,11 +24,11 @@ use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
 use crate::node::Member;
-use crate::proto::etcdserverpb::WatchRequest;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
 use crate::server::cluster::ClusterService;
 use crate::server::kv::KvService;
 use crate::server::lease::LeaseService;
@@ -70,6 +72,20 @@ pub fn router(member: Arc<Member>) -> Router {
             .route(
                 &format!("{prefix}/lease/grant"),
                 unary(lease.clone(), |s, r| async move { s.lease_grant(r).await }),
+            )
+            .route(
+                &format!("{prefix}/lease/keepalive"),
+                post({
+                    let lease = lease.clone();
+                    move |body: Bytes| keep_alive(lease.clone(), body)
+                }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/snapshot"),
+                post({
+                    let maintenance = maintenance.clone();
+                    move |body: Bytes| snapshot(maintenance.clone(), body)
+                }),
             )
             .route(
                 &format!("{prefix}/cluster/member/list"),
@@ -158,7 +174,60 @@ async fn watch(service: Arc<WatchService>, body: Bytes) -> Response {
     };
     // The request side stays open (a gateway client sends one request).
     let inbound = futures::stream::once(async move { Ok(req) }).chain(futures::stream::pending());
-    let lines = service.open(Box::pin(inbound)).map(|item| {
+    result_lines(service.open(Box::pin(inbound)))
+}
+
+/// `/v3/lease/keepalive`: the body holds one or more LeaseKeepAliveRequest
+/// objects; each gets a `{"result": LeaseKeepAliveResponse}` line, then the
+/// stream ends, as etcd's gateway closes its send side at the body's end. As
+/// there, a first request that does not decode is a 400, and a later one
+/// ends the requests.
+async fn keep_alive(service: Arc<LeaseService>, body: Bytes) -> Response {
+    let mut decoded =
+        serde_json::Deserializer::from_slice(&body).into_iter::<LeaseKeepAliveRequest>();
+    let mut requests = Vec::new();
+    match decoded.next() {
+        // An empty body sends nothing; the stream ends at once.
+        None => {}
+        Some(Ok(req)) => requests.push(req),
+        Some(Err(e)) => {
+            return error(&Status::invalid_argument(format!(
+                "invalid request body: {e}"
+            )));
+        }
+    }
+    requests.extend(decoded.map_while(Result::ok));
+    let inbound = futures::stream::iter(requests.into_iter().map(Ok));
+    result_lines(service.open(inbound))
+}
+
+/// `/v3/maintenance/snapshot`: the body is one SnapshotRequest; the answer
+/// is the snapshot's `{"result": SnapshotResponse}` lines (`blob` in
+/// base64, `remaining_bytes` counting down).
+async fn snapshot(service: Arc<MaintenanceService>, body: Bytes) -> Response {
+    let req: SnapshotRequest = match decode(&body) {
+        Ok(req) => req,
+        Err(reason) => return error(&Status::invalid_argument(reason)),
+    };
+    match service.snapshot(tonic::Request::new(req)).await {
+        Ok(stream) => result_lines(stream.into_inner()),
+        // Nothing was streamed yet: a plain error answer, as etcd's gateway
+        // gives when the call fails before its first message.
+        Err(status) => error(&status),
+    }
+}
+
+/// A streaming answer: one JSON line per item, `{"result": ...}` or
+/// grpc-gateway's `{"error": {...}}`.
+fn result_lines<T, S>(stream: S) -> Response
+where
+    T: Serialize,
+    S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+{
+    let lines = stream.map(|item| {
+        let item = item.and_then(|resp| {
+            serde_json::to_value(resp).map_err(|e| Status::internal(e.to_string()))
+        });
         let mut line = match item {
             Ok(resp) => serde_json::json!({ "result": resp }),
             Err(status) => serde_json::json!({

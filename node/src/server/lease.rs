@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,6 +29,39 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(member: Arc<Member>) -> Self {
         LeaseService { member }
+    }
+
+    /// A keep-alive stream: one answer per request in `inbound`, in order,
+    /// until `inbound` ends or fails. gRPC and the JSON gateway both use it.
+    pub fn open(
+        &self,
+        mut inbound: impl Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    ) -> ReceiverStream<Result<LeaseKeepAliveResponse, Status>> {
+        let (tx, rx) = mpsc::channel(16);
+        let member = self.member.clone();
+        let mut stopping = self.member.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    // Shutting down: end the stream so the server can stop.
+                    _ = stopping.changed() => return,
+                    next = inbound.next() => next,
+                };
+                let req = match next {
+                    Some(Ok(req)) => req,
+                    None => return,
+                    Some(Err(status)) => {
+                        tracing::debug!(error = %status, "keep-alive stream ended");
+                        return;
+                    }
+                };
+                let answer = member.keep_alive(req).await.map_err(Status::from);
+                if tx.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(rx)
     }
 }
 
@@ -93,32 +126,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let member = self.member.clone();
-        let mut stopping = self.member.stopping.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    // Shutting down: end the stream so the server can stop.
-                    _ = stopping.changed() => return,
-                    next = inbound.message() => next,
-                };
-                let req = match next {
-                    Ok(Some(req)) => req,
-                    Ok(None) => return,
-                    Err(status) => {
-                        tracing::debug!(error = %status, "keep-alive stream ended");
-                        return;
-                    }
-                };
-                let answer = member.keep_alive(req).await.map_err(Status::from);
-                if tx.send(answer).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(self.open(request.into_inner()))))
     }
 
     async fn lease_time_to_live(
