@@ -25,6 +25,11 @@ const NAMES: &[&str] = &[
     "etcd_disk_wal_fsync_duration_seconds",
     "etcd_disk_backend_commit_duration_seconds",
     "process_resident_memory_bytes",
+    "grpc_server_started_total",
+    "grpc_server_handled_total",
+    "grpc_server_msg_received_total",
+    "grpc_server_msg_sent_total",
+    "grpc_server_handling_seconds",
 ];
 
 /// `curl -s http://127.0.0.1:<port>/metrics`.
