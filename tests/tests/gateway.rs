@@ -224,6 +224,46 @@ fn cluster_and_maintenance_calls_over_the_json_gateway() {
     assert!(alarms.get("alarms").is_none(), "{alarms}");
     assert!(alarms["header"]["revision"].is_string());
 
+    // Membership changes: a learner (never started) added, refused
+    // promotion while it is behind, then removed; a voter cannot be
+    // promoted; an unknown member cannot be removed.
+    let (code, added) = post(
+        &ep,
+        "/v3/cluster/member/add",
+        &json!({"peerURLs": ["http://127.0.0.1:1"], "isLearner": true}),
+    );
+    assert_eq!(code, 200, "{added}");
+    assert_eq!(added["member"]["isLearner"], true, "{added}");
+    let learner = added["member"]["ID"].as_str().expect("new ID").to_string();
+    let (code, err) = post(&ep, "/v3/cluster/member/promote", &json!({"ID": learner}));
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(
+        err["message"],
+        "etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let (code, removed) = post(&ep, "/v3/cluster/member/remove", &json!({"ID": learner}));
+    assert_eq!(code, 200, "{removed}");
+    assert_eq!(removed["members"].as_array().map(Vec::len), Some(3));
+    let (code, err) = post(&ep, "/v3/cluster/member/promote", &json!({"ID": ids[1]}));
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(
+        err["message"],
+        "etcdserver: can only promote a learner member"
+    );
+    let (code, err) = post(&ep, "/v3/cluster/member/remove", &json!({"ID": "12345"}));
+    assert_eq!(code, 404, "{err}");
+    assert_eq!(err["message"], "etcdserver: member not found");
+
+    // Leadership moves to the member named, through the leader.
+    let target = (leader + 1) % 3;
+    let (code, moved) = post(
+        &c.endpoint(leader),
+        "/v3/maintenance/transfer-leadership",
+        &json!({"targetID": ids[target]}),
+    );
+    assert_eq!(code, 200, "{moved}");
+    assert_eq!(c.leader(), target);
+
     let mut last = 0;
     for v in ["1", "2", "3"] {
         last = revision_of(&c.ctl(&["put", "compacted", v, "-w", "json"]));

@@ -88,10 +88,35 @@ pub fn router(member: Arc<Member>) -> Router {
                 }),
             )
             .route(
+                &format!("{prefix}/cluster/member/add"),
+                unary(cluster.clone(), |s, r| async move { s.member_add(r).await }),
+            )
+            .route(
+                &format!("{prefix}/cluster/member/remove"),
+                unary(
+                    cluster.clone(),
+                    |s, r| async move { s.member_remove(r).await },
+                ),
+            )
+            .route(
+                &format!("{prefix}/cluster/member/update"),
+                unary(
+                    cluster.clone(),
+                    |s, r| async move { s.member_update(r).await },
+                ),
+            )
+            .route(
                 &format!("{prefix}/cluster/member/list"),
                 unary(
                     cluster.clone(),
                     |s, r| async move { s.member_list(r).await },
+                ),
+            )
+            .route(
+                &format!("{prefix}/cluster/member/promote"),
+                unary(
+                    cluster.clone(),
+                    |s, r| async move { s.member_promote(r).await },
                 ),
             )
             .route(
@@ -112,6 +137,27 @@ pub fn router(member: Arc<Member>) -> Router {
             .route(
                 &format!("{prefix}/maintenance/alarm"),
                 unary(maintenance.clone(), |s, r| async move { s.alarm(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/defragment"),
+                unary(
+                    maintenance.clone(),
+                    |s, r| async move { s.defragment(r).await },
+                ),
+            )
+            .route(
+                &format!("{prefix}/maintenance/transfer-leadership"),
+                unary(
+                    maintenance.clone(),
+                    |s, r| async move { s.move_leader(r).await },
+                ),
+            )
+            .route(
+                &format!("{prefix}/maintenance/downgrade"),
+                unary(
+                    maintenance.clone(),
+                    |s, r| async move { s.downgrade(r).await },
+                ),
             );
         // Revoke, time-to-live and leases are also mounted under /kv/lease.
         for base in ["lease", "kv/lease"] {
