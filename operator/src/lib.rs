@@ -1,0 +1,15 @@
+//! witan-operator: reconciles `KvCluster` resources into witan clusters.
+//!
+//! Layout: `crd` (the resource types), `resources` (pure builders of the
+//! children), `planner` (pure: the next safe membership or rollout step),
+//! `status` (pure: status from what was observed), `members` (the etcd v3
+//! member API behind a trait), `controller` (the only module with side
+//! effects on Kubernetes). This crate must not depend on `witan-node`: it
+//! talks to members over the public etcd v3 API only.
+
+pub mod crd;
+pub mod error;
+pub mod names;
+pub mod resources;
+
+pub use crate::error::{Error, Result};
