@@ -10,6 +10,8 @@
 pub mod crd;
 pub mod error;
 pub mod names;
+pub mod observed;
+pub mod planner;
 pub mod resources;
 
 pub use crate::error::{Error, Result};
