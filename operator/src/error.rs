@@ -7,6 +7,10 @@ pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
+    /// A member RPC (etcd v3 API) failed.
+    #[error("member API: {0}")]
+    Member(#[from] crate::members::MemberError),
+
     /// Serialising a patch failed (a programmer error, but never panic in reconcile).
     #[error("serialisation: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -24,6 +28,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::Member(_) => "member",
             Error::Serialization(_) => "serialization",
             Error::InvalidResource(_) => "invalid_resource",
         }

@@ -9,9 +9,11 @@
 
 pub mod crd;
 pub mod error;
+pub mod members;
 pub mod names;
 pub mod observed;
 pub mod planner;
 pub mod resources;
+pub mod status;
 
 pub use crate::error::{Error, Result};
