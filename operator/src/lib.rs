@@ -7,9 +7,11 @@
 //! effects on Kubernetes). This crate must not depend on `witan-node`: it
 //! talks to members over the public etcd v3 API only.
 
+pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod members;
+pub mod metrics;
 pub mod names;
 pub mod observed;
 pub mod planner;

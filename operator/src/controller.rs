@@ -1,0 +1,384 @@
+//! The KvCluster controller: observe, plan one step, apply it, write status.
+//! The only module with side effects on Kubernetes and on the members.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Pod, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    Error, Result,
+    crd::KvCluster,
+    members::MemberApi,
+    metrics::Metrics,
+    names::{ClusterNames, FIELD_MANAGER},
+    observed::{Observed, ObservedPod},
+    planner::{self, Step},
+    resources, status,
+};
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub members: Arc<dyn MemberApi>,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    /// Consecutive failures per KvCluster (namespace/name), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    #[must_use]
+    pub fn new(
+        client: Client,
+        members: Arc<dyn MemberApi>,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            client,
+            members,
+            metrics,
+            reporter,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record_outcome(&self, key: String, failed: bool) -> u32 {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed {
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            failures.remove(&key);
+            0
+        }
+    }
+}
+
+/// Run the controller until a shutdown signal.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=witan-operator");
+    Controller::new(
+        Api::<KvCluster>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client), children)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}
+
+/// One reconcile of one KvCluster.
+#[instrument(skip_all, fields(kvcluster = %kvc.name_any(), namespace = kvc.namespace().unwrap_or_default()))]
+pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(&kvc);
+    let names = ClusterNames::of(&kvc)?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let statefulset = statefulsets.get_opt(&names.statefulset()).await?;
+    let observed = observe(&kvc, &names, &ctx, statefulset.as_ref()).await?;
+    let step = planner::next_step(&kvc.spec, &names, &observed);
+
+    if step != Step::Paused {
+        apply_children(&kvc, &names, &ctx, &observed, &step).await?;
+        if let Err(error) = execute(&names, &ctx, &observed, &step).await {
+            publish(
+                &ctx,
+                &kvc,
+                EventType::Warning,
+                &step,
+                format!("{}: {error}", status::step_message(&step)),
+            )
+            .await;
+            return Err(error);
+        }
+        if is_change(&step) {
+            info!(step = ?step, "took a step");
+            publish(
+                &ctx,
+                &kvc,
+                EventType::Normal,
+                &step,
+                status::step_message(&step),
+            )
+            .await;
+        }
+    }
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::compute(&kvc, &names, &observed, &step, &now);
+    let kvcs: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let patch = json!({
+        "apiVersion": KvCluster::api_version(&()),
+        "kind": KvCluster::kind(&()),
+        "status": new_status,
+    });
+    kvcs.patch_status(&kvc.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    ctx.record_outcome(object_key(&kvc), false);
+    Ok(Action::requeue(requeue_after(&step)))
+}
+
+/// After a failed reconcile: log, count, and retry with exponential backoff.
+pub fn error_policy(kvc: Arc<KvCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(kvcluster = %kvc.name_any(), "reconcile failed: {error}");
+    ctx.metrics.reconcile_failed(&kvc, error);
+    let failures = ctx.record_outcome(object_key(&kvc), true);
+    Action::requeue(backoff(failures))
+}
+
+/// Delay before retrying after `failures` consecutive failures: 1s, 2s, 4s…
+/// up to 5 minutes.
+#[must_use]
+pub fn backoff(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX)
+}
+
+/// When to look again after `step`: soon while something is in motion.
+#[must_use]
+pub fn requeue_after(step: &Step) -> Duration {
+    match step {
+        Step::Converged | Step::Paused => Duration::from_secs(60),
+        Step::Wait(_) => Duration::from_secs(10),
+        _ => Duration::from_secs(2),
+    }
+}
+
+fn is_change(step: &Step) -> bool {
+    !matches!(step, Step::Wait(_) | Step::Converged | Step::Paused)
+}
+
+fn object_key(kvc: &KvCluster) -> String {
+    format!("{}/{}", kvc.namespace().unwrap_or_default(), kvc.name_any())
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// StatefulSet replicas, pods and the membership as the members report it.
+async fn observe(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    ctx: &Context,
+    statefulset: Option<&StatefulSet>,
+) -> Result<Observed> {
+    let bootstrapped = kvc.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
+    let Some(statefulset) = statefulset else {
+        return Ok(Observed {
+            bootstrapped,
+            ..Observed::default()
+        });
+    };
+    let replicas = statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let update_revision = statefulset
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.clone());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&names.selector_string()))
+        .await?;
+    let pods = listed
+        .items
+        .iter()
+        .map(|pod| ObservedPod {
+            name: pod.name_any(),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            up_to_date: update_revision.is_none()
+                || pod.labels().get("controller-revision-hash") == update_revision.as_ref(),
+        })
+        .collect();
+    let endpoints: Vec<String> = (0..u32::try_from(replicas).unwrap_or(0))
+        .map(|i| names.client_url(&names.member(i)))
+        .collect();
+    let membership = if endpoints.is_empty() {
+        None
+    } else {
+        match ctx.members.observe(names, &endpoints).await {
+            Ok(membership) => membership,
+            Err(error) => {
+                // Handled here: an unreachable cluster is an observation.
+                warn!("observing members failed: {error}");
+                None
+            }
+        }
+    };
+    Ok(Observed {
+        statefulset_replicas: Some(replicas),
+        bootstrapped,
+        membership,
+        pods,
+    })
+}
+
+/// Server-side apply of every child. The StatefulSet keeps its replicas
+/// unless the step sets them.
+async fn apply_children(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    ctx: &Context,
+    observed: &Observed,
+    step: &Step,
+) -> Result<()> {
+    let ns = &names.namespace;
+    let client = &ctx.client;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &names.headless_service(),
+        &resources::headless_service::build(kvc, names)?,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &names.client_service(),
+        &resources::client_service::build(kvc, names)?,
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &names.pdb(),
+        &resources::pdb::build(kvc, names)?,
+    )
+    .await?;
+    if let Some(initial) = planner::initial_cluster(&kvc.spec, names, observed) {
+        apply(
+            &Api::<ConfigMap>::namespaced(client.clone(), ns),
+            &names.configmap(),
+            &resources::configmap::build(kvc, names, &initial)?,
+        )
+        .await?;
+    }
+    let replicas = match step {
+        Step::Bootstrap { replicas } | Step::ScaleStatefulSet { replicas } => Some(*replicas),
+        _ => observed.statefulset_replicas,
+    };
+    if let Some(replicas) = replicas {
+        apply(
+            &Api::<StatefulSet>::namespaced(client.clone(), ns),
+            &names.statefulset(),
+            &resources::statefulset::build(kvc, names, replicas)?,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<()>
+where
+    K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.patch(name, &apply_params(), &Patch::Apply(object))
+        .await?;
+    Ok(())
+}
+
+/// The member RPC or pod deletion a step stands for.
+async fn execute(
+    names: &ClusterNames,
+    ctx: &Context,
+    observed: &Observed,
+    step: &Step,
+) -> Result<()> {
+    let membership = observed.membership.as_ref();
+    let endpoints: Vec<String> = membership
+        .map(|m| {
+            m.members
+                .iter()
+                .filter(|m| m.healthy)
+                .map(|m| names.client_url(&m.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    match step {
+        Step::AddLearner { member } => {
+            let id = ctx
+                .members
+                .add_learner(&endpoints, &names.peer_url(member))
+                .await?;
+            info!(member, id = format!("{id:x}"), "added learner");
+        }
+        Step::ChangeVoters { voters, .. } => ctx.members.change_voters(&endpoints, voters).await?,
+        Step::TransferLeadership { from, to } => {
+            let leader: Vec<String> = membership
+                .and_then(|m| m.members.iter().find(|m| m.id == *from))
+                .map(|m| vec![names.client_url(&m.name)])
+                .unwrap_or_default();
+            ctx.members.move_leader(&leader, *to).await?;
+        }
+        Step::RemoveMember { id, .. } => ctx.members.remove_member(&endpoints, *id).await?,
+        Step::ReplacePod { pod } => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+            pods.delete(pod, &DeleteParams::default()).await?;
+        }
+        // Applied with the children (Bootstrap, ScaleStatefulSet) or nothing to do.
+        Step::Bootstrap { .. }
+        | Step::ScaleStatefulSet { .. }
+        | Step::Wait(_)
+        | Step::Converged
+        | Step::Paused => {}
+    }
+    Ok(())
+}
+
+/// Publish an Event on the KvCluster. A failure to publish is logged, never
+/// fatal: the step itself already happened.
+async fn publish(ctx: &Context, kvc: &KvCluster, type_: EventType, step: &Step, note: String) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_,
+        reason: status::step_reason(step).into(),
+        note: Some(note),
+        action: status::step_reason(step).into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &kvc.object_ref(&())).await {
+        warn!("publishing an event failed: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

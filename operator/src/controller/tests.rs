@@ -1,0 +1,399 @@
+//! The controller against a mocked API server (tower-test) and fake members:
+//! every request the reconcile makes is asserted, in order.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use kube::{Client, client::Body, runtime::events::Reporter};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+use super::*;
+use crate::{
+    crd::{KvClusterStatus, Phase},
+    members::MemberError,
+    observed::{Membership, ObservedMember},
+    resources::testing::kvc,
+};
+
+/// Members as the test scripts them; records every mutating call.
+#[derive(Default)]
+struct FakeMembers {
+    membership: Option<Membership>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeMembers {
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl MemberApi for FakeMembers {
+    fn observe<'a>(
+        &'a self,
+        _names: &'a ClusterNames,
+        _endpoints: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Membership>, MemberError>> {
+        Box::pin(async { Ok(self.membership.clone()) })
+    }
+
+    fn add_learner<'a>(
+        &'a self,
+        _endpoints: &'a [String],
+        peer_url: &'a str,
+    ) -> BoxFuture<'a, Result<u64, MemberError>> {
+        self.record(format!("add_learner {peer_url}"));
+        Box::pin(async { Ok(0x99) })
+    }
+
+    fn change_voters<'a>(
+        &'a self,
+        _endpoints: &'a [String],
+        voters: &'a BTreeSet<u64>,
+    ) -> BoxFuture<'a, Result<(), MemberError>> {
+        self.record(format!("change_voters {voters:?}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn move_leader<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        to: u64,
+    ) -> BoxFuture<'a, Result<(), MemberError>> {
+        self.record(format!("move_leader {endpoints:?} {to}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_member<'a>(
+        &'a self,
+        _endpoints: &'a [String],
+        id: u64,
+    ) -> BoxFuture<'a, Result<(), MemberError>> {
+        self.record(format!("remove_member {id}"));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+fn context(members: Arc<FakeMembers>) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let reporter = Reporter {
+        controller: "witan-operator".into(),
+        instance: None,
+    };
+    let ctx = Context::new(client, members, Arc::new(Metrics::new()), reporter);
+    (Arc::new(ctx), handle)
+}
+
+/// What the fake API server answers.
+enum Reply {
+    /// The object the request carried (what an apply returns, near enough).
+    Echo,
+    NotFound,
+    Json(Value),
+}
+
+/// Expect the next request to be `method path`, answer it, return its body.
+async fn expect(server: &mut ApiServer, method: Method, path: &str, reply: Reply) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came for {method} {path}"))
+        .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+    assert_eq!((request.method(), request.uri().path()), (&method, path));
+    if method == Method::PATCH {
+        let query = request.uri().query().unwrap_or_default();
+        assert!(query.contains("fieldManager=witan-operator"), "{query}");
+        assert!(query.contains("force=true"), "{query}");
+    }
+    let bytes = request
+        .into_body()
+        .collect_bytes()
+        .await
+        .expect("request body");
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    let (status, answer) = match reply {
+        Reply::Echo => (StatusCode::OK, body.clone()),
+        Reply::Json(v) => (StatusCode::OK, v),
+        Reply::NotFound => (
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "NotFound", "code": 404, "message": "not found"}),
+        ),
+    };
+    let response = Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+        .unwrap();
+    send.send_response(response);
+    body
+}
+
+const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets/kv";
+const PODS: &str = "/api/v1/namespaces/prod/pods";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
+const STATUS: &str = "/apis/witan.io/v1alpha1/namespaces/prod/kvclusters/kv/status";
+
+fn existing_statefulset(replicas: i32) -> Value {
+    let kvc = kvc(replicas);
+    let names = ClusterNames::of(&kvc).unwrap();
+    let mut sts =
+        serde_json::to_value(resources::statefulset::build(&kvc, &names, replicas).unwrap())
+            .unwrap();
+    sts["status"] = json!({"replicas": replicas, "updateRevision": "kv-r1"});
+    sts
+}
+
+fn ready_pods(count: u32) -> Value {
+    let items: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("kv-{i}"), "namespace": "prod",
+                             "labels": {"controller-revision-hash": "kv-r1"}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn healthy_three() -> Membership {
+    let member = |i: u32| ObservedMember {
+        id: 100 + u64::from(i),
+        name: format!("kv-{i}"),
+        is_learner: false,
+        is_leader: i == 0,
+        healthy: true,
+        caught_up: true,
+        revision: Some(5),
+    };
+    Membership {
+        members: (0..3).map(member).collect(),
+        joint_target: None,
+        cluster_id: Some(0xc1),
+    }
+}
+
+/// Expects the applies of the Services, the PDB, and (when `configmap`) the ConfigMap.
+async fn expect_fixed_children(server: &mut ApiServer, configmap: bool) -> Option<Value> {
+    let peer = expect(
+        server,
+        Method::PATCH,
+        "/api/v1/namespaces/prod/services/kv-peer",
+        Reply::Echo,
+    )
+    .await;
+    assert_eq!(peer["metadata"]["ownerReferences"][0]["kind"], "KvCluster");
+    expect(
+        server,
+        Method::PATCH,
+        "/api/v1/namespaces/prod/services/kv-client",
+        Reply::Echo,
+    )
+    .await;
+    expect(
+        server,
+        Method::PATCH,
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/kv",
+        Reply::Echo,
+    )
+    .await;
+    if configmap {
+        Some(
+            expect(
+                server,
+                Method::PATCH,
+                "/api/v1/namespaces/prod/configmaps/kv-config",
+                Reply::Echo,
+            )
+            .await,
+        )
+    } else {
+        None
+    }
+}
+
+/// A KvCluster as the API server returns it from a status patch.
+fn stored() -> Value {
+    serde_json::to_value(kvc(3)).unwrap()
+}
+
+fn status_of(patch: &Value) -> KvClusterStatus {
+    assert_eq!(patch["apiVersion"], "witan.io/v1alpha1");
+    assert_eq!(patch["kind"], "KvCluster");
+    serde_json::from_value(patch["status"].clone()).expect("a KvCluster status")
+}
+
+#[tokio::test]
+async fn a_new_kvcluster_gets_its_children_an_event_and_a_creating_status() {
+    let members = Arc::new(FakeMembers::default());
+    let (ctx, mut server) = context(members.clone());
+    let kvc = Arc::new(kvc(3));
+    let reconcile = tokio::spawn(reconcile(kvc.clone(), ctx));
+
+    expect(&mut server, Method::GET, STS, Reply::NotFound).await;
+    let configmap = expect_fixed_children(&mut server, true).await.unwrap();
+    assert_eq!(configmap["data"]["WITAN_INITIAL_CLUSTER_STATE"], "new");
+    let sts = expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "Bootstrap");
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Creating));
+    assert_eq!(status.observed_generation, Some(1));
+
+    let action = reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    assert!(members.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn scaling_three_to_five_adds_the_first_learner_and_keeps_the_statefulset() {
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members.clone());
+    let kvc = Arc::new(kvc(5));
+    let reconcile = tokio::spawn(reconcile(kvc, ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    let configmap = expect_fixed_children(&mut server, true).await.unwrap();
+    assert_eq!(configmap["data"]["WITAN_INITIAL_CLUSTER_STATE"], "existing");
+    let sts = expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    assert_eq!(
+        sts["spec"]["replicas"], 3,
+        "the pod starts only after the member is added"
+    );
+    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "AddLearner");
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Scaling));
+    assert_eq!(status.leader.as_deref(), Some("kv-0"));
+    assert_eq!(status.cluster_id.as_deref(), Some("c1"));
+    assert_eq!(status.ready_replicas, 3);
+
+    reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(
+        *members.calls.lock().unwrap(),
+        ["add_learner http://kv-3.kv-peer.prod.svc:2380"]
+    );
+}
+
+#[tokio::test]
+async fn a_paused_kvcluster_only_gets_its_status_written() {
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members.clone());
+    let mut paused = kvc(5);
+    paused.spec.paused = true;
+    let reconcile = tokio::spawn(reconcile(Arc::new(paused), ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Paused));
+    assert_eq!(status.members.len(), 3);
+
+    let action = reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert!(members.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_converged_cluster_reports_running_and_changes_nothing() {
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members.clone());
+    let reconcile = tokio::spawn(reconcile(Arc::new(kvc(3)), ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    expect_fixed_children(&mut server, true).await;
+    expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    // No event: nothing changed.
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Running));
+
+    reconcile.await.unwrap().expect("reconcile succeeds");
+    assert!(members.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_api_call_fails_the_reconcile_and_counts_an_error() {
+    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+    let kvc = Arc::new(kvc(3));
+    let reconcile = tokio::spawn(reconcile(kvc.clone(), ctx.clone()));
+    let (_, send) = server.next_request().await.expect("a request");
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .body(Body::from(
+                serde_json::to_vec(
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                            "reason": "Forbidden", "code": 403, "message": "no"}),
+                )
+                .unwrap(),
+            ))
+            .unwrap(),
+    );
+    let error = reconcile.await.unwrap().expect_err("reconcile fails");
+    assert_eq!(error.metric_label(), "kube");
+    assert_eq!(
+        error_policy(kvc.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        error_policy(kvc, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
+    );
+    assert!(ctx.metrics.render().contains(r#"error="kube""#));
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    assert_eq!(backoff(1), Duration::from_secs(1));
+    assert_eq!(backoff(4), Duration::from_secs(8));
+    assert_eq!(backoff(30), Duration::from_secs(300));
+    assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+}
