@@ -32,6 +32,22 @@ enum Command {
     /// Work with snapshot files (`etcdctl snapshot save` output) offline.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Sets the voter set in one joint-consensus change
+    /// (witanpb.Membership/ChangeVoters): every id must be a voter or a
+    /// caught-up learner, and the set must have an odd size. Voters left
+    /// out are removed from the cluster.
+    Voters {
+        /// Any member's client URL or host:port.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        endpoint: String,
+        /// Member ids in hex, as `etcdctl member list` prints them.
+        #[arg(required = true, value_parser = parse_member_id)]
+        ids: Vec<u64>,
+    },
+}
+
+fn parse_member_id(raw: &str) -> Result<u64, String> {
+    u64::from_str_radix(raw, 16).map_err(|e| format!("{raw:?} is not a hex member id: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +110,17 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(daemon(cli.flags)),
+        Some(Command::Voters { endpoint, ids }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            if let Err(e) = runtime.block_on(change_voters(endpoint, ids)) {
+                eprintln!("Error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Some(Command::Snapshot(command)) => {
             if let Err(e) = snapshot(command) {
                 eprintln!("Error: {e:#}");
@@ -102,6 +129,29 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn change_voters(endpoint: String, ids: Vec<u64>) -> anyhow::Result<()> {
+    use witan_node::proto::witanpb::ChangeVotersRequest;
+    use witan_node::proto::witanpb::membership_client::MembershipClient;
+    let url = if endpoint.contains("://") {
+        endpoint
+    } else {
+        format!("http://{endpoint}")
+    };
+    let mut client = MembershipClient::connect(url.clone())
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let resp = client
+        .change_voters(ChangeVotersRequest { voter_ids: ids })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    for m in resp.members {
+        let role = if m.is_learner { "learner" } else { "voter" };
+        println!("{:x}, {role}, {}, {}", m.id, m.name, m.peer_ur_ls.join(","));
+    }
+    Ok(())
 }
 
 async fn daemon(flags: Flags) -> anyhow::Result<()> {
@@ -220,6 +270,13 @@ mod tests {
             cli.command,
             Some(Command::Snapshot(SnapshotCommand::Restore { ref name, .. })) if name == "a"
         ));
+        let cli = Cli::try_parse_from(["witan", "voters", "a1", "B2", "c3"]).expect("voters");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Voters { ref ids, ref endpoint }) if ids == &[0xa1, 0xb2, 0xc3] && endpoint == "127.0.0.1:2379"
+        ));
+        assert!(Cli::try_parse_from(["witan", "voters", "xyz"]).is_err());
+        assert!(Cli::try_parse_from(["witan", "voters"]).is_err());
         // Daemon flags do not mix with a subcommand.
         assert!(Cli::try_parse_from(["witan", "--name", "x", "snapshot", "status", "f"]).is_err());
     }
