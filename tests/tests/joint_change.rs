@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use tokio::sync::Mutex;
-use witan_node::proto::witanpb::ChangeVotersRequest;
 use witan_node::proto::witanpb::membership_client::MembershipClient;
+use witan_node::proto::witanpb::{ChangeVotersRequest, VotersRequest};
 use witan_tests::{Cluster, json, poll_until};
 
 /// How long a voter change may keep failing (a learner still catching up,
@@ -133,8 +133,24 @@ fn three_voters_and_two_learners_become_five_voters_then_three_while_writing() {
     expected.sort_unstable();
     assert_eq!(voters, expected);
 
-    // Sending it again is a no-op that succeeds.
+    // Sending it again is a no-op that succeeds, and the configuration is
+    // one committed voter set again.
     runtime.block_on(change_voters(&steady, &five));
+    let config = runtime.block_on(async {
+        let mut client = MembershipClient::connect(format!("http://{steady}"))
+            .await
+            .expect("connect");
+        client
+            .voters(VotersRequest { linearizable: true })
+            .await
+            .expect("Voters")
+            .into_inner()
+    });
+    assert_eq!(config.configs.len(), 1, "{config:?}");
+    let mut listed = config.configs[0].voter_ids.clone();
+    listed.sort_unstable();
+    assert_eq!(listed, expected);
+    assert!(config.committed);
 
     // 5 -> 3: the first two founding members leave (one of them may lead).
     let three = vec![original[2], learners[0].1, learners[1].1];

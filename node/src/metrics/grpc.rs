@@ -75,6 +75,7 @@ pub const SERVED_METHODS: &[(&str, &str, GrpcType)] = &[
     ("etcdserverpb.Maintenance", "MoveLeader", GrpcType::Unary),
     ("etcdserverpb.Maintenance", "Downgrade", GrpcType::Unary),
     ("witanpb.Membership", "ChangeVoters", GrpcType::Unary),
+    ("witanpb.Membership", "Voters", GrpcType::Unary),
     ("grpc.health.v1.Health", "Check", GrpcType::Unary),
     ("grpc.health.v1.Health", "Watch", GrpcType::ServerStream),
 ];

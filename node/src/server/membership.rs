@@ -9,7 +9,10 @@ use crate::node::Member;
 use crate::proto::witanpb::membership_change::Change;
 use crate::proto::witanpb::membership_change_result::Result as ChangeResult;
 use crate::proto::witanpb::membership_server::Membership;
-use crate::proto::witanpb::{ChangeVotersRequest, ChangeVotersResponse, MembershipChange};
+use crate::proto::witanpb::{
+    ChangeVotersRequest, ChangeVotersResponse, MembershipChange, VoterSet, VotersRequest,
+    VotersResponse,
+};
 
 pub struct MembershipService {
     member: Arc<Member>,
@@ -36,5 +39,32 @@ impl Membership for MembershipService {
                 "membership change answered for another kind of change",
             )),
         }
+    }
+
+    async fn voters(
+        &self,
+        request: Request<VotersRequest>,
+    ) -> Result<Response<VotersResponse>, Status> {
+        if request.get_ref().linearizable {
+            self.member.linearizable_barrier().await?;
+        }
+        let metrics = self.member.raft.metrics().borrow().clone();
+        let stored = &metrics.membership_config;
+        let config_index = stored.log_id().map_or(0, |l| l.index);
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        let configs = stored
+            .membership()
+            .get_joint_config()
+            .iter()
+            .map(|set| VoterSet {
+                voter_ids: set.iter().copied().collect(),
+            })
+            .collect();
+        Ok(Response::new(VotersResponse {
+            header: self.member.header(self.member.hub.current_revision()),
+            configs,
+            config_index,
+            committed: applied >= config_index,
+        }))
     }
 }
