@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
-use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
+use redb::{ReadOnlyTable, ReadableTable};
 
 use super::committer::{Committer, Leadership};
 use super::proposer::Proposer;

@@ -157,7 +157,6 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let span = tracing::info_span!("member", id = %format!("{id:x}"), name = %config.name);
 
     let revision = {
-        use redb::ReadableDatabase;
         let txn = store.db().begin_read().map_err(StorageError::from)?;
         let meta = txn.open_table(META).map_err(StorageError::from)?;
         meta_i64(&meta, meta_key::REVISION)?.max(1)

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use redb::ReadableDatabase;
 use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;

@@ -344,7 +344,6 @@ mod tests {
 
     #[test]
     fn captures_identity_and_tables_in_one_transaction() {
-        use redb::ReadableDatabase;
         let dir = tempfile::tempdir().unwrap();
         let store = crate::storage::Store::open(dir.path()).unwrap();
         store

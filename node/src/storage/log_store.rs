@@ -12,7 +12,7 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableTable};
 
 use super::{META, RAFT_LOG, Store, inline, meta_key, meta_rmp, to_rmp};
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};

@@ -11,6 +11,7 @@
 //!   the state machine back to an earlier applied id, never past the log.
 
 pub mod backup;
+pub mod db;
 pub mod hash;
 pub mod log_store;
 pub mod restore;
@@ -18,11 +19,13 @@ pub mod snapshot;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
+use self::db::Db;
 use crate::proto::witanpb::MemberIdentity;
 
 /// The on-disk format this build writes and the only one it opens.
@@ -43,6 +46,8 @@ pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lea
 pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 /// member id -> `witanpb.MemberAttributes` it published.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// (member id, `etcdserverpb.AlarmType`) of every raised alarm.
+pub(crate) const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
 /// "meta" -> snapshot meta (MessagePack), "data" -> snapshot bytes.
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -79,6 +84,8 @@ pub enum StorageError {
     Redb(#[from] redb::Error),
     #[error("decoding {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("defragmenting: {0}")]
+    Compaction(#[from] redb::CompactionError),
 }
 
 macro_rules! redb_from {
@@ -106,11 +113,18 @@ impl StorageError {
     }
 }
 
+/// How long a measured in-use size is reused: measuring walks every page
+/// of every table (redb has no cheaper count), so a scrape or status call
+/// storm must not repeat it.
+const IN_USE_MAX_AGE: Duration = Duration::from_secs(5);
+
 /// The member's database.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<Db>,
     path: PathBuf,
+    /// Last in-use measurement and when it was taken.
+    in_use: Arc<Mutex<Option<(Instant, u64)>>>,
 }
 
 impl Store {
@@ -127,8 +141,9 @@ impl Store {
             source,
         })?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(Db::new(db)),
             path,
+            in_use: Arc::new(Mutex::new(None)),
         };
         store.init_tables()?;
         Ok(store)
@@ -159,13 +174,14 @@ impl Store {
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
+            txn.open_table(ALARMS)?;
             txn.open_table(SNAPSHOT)?;
         }
         txn.commit()?;
         Ok(())
     }
 
-    pub fn db(&self) -> &Database {
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
@@ -176,6 +192,33 @@ impl Store {
     /// Size of the database file in bytes.
     pub fn file_size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes of the file in allocated pages (etcd's "in use"), measured at
+    /// most [`IN_USE_MAX_AGE`] ago. Briefly waits for the writer in flight.
+    pub fn size_in_use_bytes(&self) -> Result<u64, StorageError> {
+        let mut cached = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, bytes)) = *cached
+            && at.elapsed() < IN_USE_MAX_AGE
+        {
+            return Ok(bytes);
+        }
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        let bytes = stats.allocated_pages() * stats.page_size() as u64;
+        *cached = Some((Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    /// Compacts the database file (etcd's defragmentation of this member):
+    /// every transaction waits until it is done. Returns the file size
+    /// before and after, in bytes.
+    pub fn defragment(&self) -> Result<(u64, u64), StorageError> {
+        let before = self.file_size_bytes();
+        self.db.compact()?;
+        *self.in_use.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok((before, self.file_size_bytes()))
     }
 
     /// The member's identity, if this data dir has been bootstrapped.

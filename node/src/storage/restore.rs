@@ -190,7 +190,7 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use prost::Message;
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use redb::ReadableTableMetadata;
 
     use super::*;
     use crate::proto::witanpb::MemberIdentity;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableTable};
 
 use super::snapshot::SnapshotImage;
 use super::{
