@@ -9,7 +9,7 @@
 //! witan's own encoding, so they are not byte-compatible with etcd's.
 //!
 //! Hash covers the whole state-machine content of one member (keys, history,
-//! leases, published member attributes), from one read transaction.
+//! leases, published member attributes, alarms), from one read transaction.
 
 use redb::ReadableTable;
 
@@ -235,6 +235,7 @@ mod tests {
             let txn = kv.0.db.begin_write().unwrap();
             txn.open_table(crate::storage::META).unwrap();
             txn.open_table(crate::storage::MEMBERS).unwrap();
+            txn.open_table(crate::storage::ALARMS).unwrap();
             txn.commit().unwrap();
         }
         assert_eq!(state(&one).unwrap(), state(&two).unwrap());
@@ -242,6 +243,7 @@ mod tests {
         let txn = other.0.db.begin_write().unwrap();
         txn.open_table(crate::storage::META).unwrap();
         txn.open_table(crate::storage::MEMBERS).unwrap();
+        txn.open_table(crate::storage::ALARMS).unwrap();
         txn.commit().unwrap();
         assert_ne!(state(&one).unwrap(), state(&other).unwrap());
     }

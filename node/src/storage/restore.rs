@@ -9,7 +9,8 @@
 //! cluster ids from its flags and bootstraps a new cluster as usual; the
 //! bootstrap membership entry applies on top of the restored tables and
 //! keeps their revision. Member attributes published in the old cluster are
-//! dropped: the new members publish their own.
+//! dropped: the new members publish their own. So are alarms, which name
+//! the old members.
 //!
 //! Nothing is written unless everything succeeds: the data dir is built in
 //! a temporary sibling directory and renamed into place at the end.
@@ -156,6 +157,9 @@ pub fn restore(raw: &[u8], data_dir: &Path) -> Result<Restored, RestoreError> {
     // The old cluster's published attributes would name members that do
     // not exist in the new one.
     file.image.members.clear();
+    // Alarms name old members too, and a NOSPACE among them would refuse
+    // every write of the new cluster.
+    file.image.alarms.clear();
     {
         let store = Store::open(&staging.path)?;
         let txn = store.db().begin_write().map_err(StorageError::from)?;
@@ -196,10 +200,11 @@ mod tests {
     use crate::proto::witanpb::MemberIdentity;
     use crate::storage::backup::SnapshotFile;
     use crate::storage::snapshot::{IMAGE_FORMAT, SnapshotImage};
-    use crate::storage::{KV_LATEST, MEMBERS, META, meta_i64, meta_key};
+    use crate::storage::{ALARMS, KV_LATEST, MEMBERS, META, meta_i64, meta_key};
 
     /// A snapshot file whose image came out of a real store: two live keys,
-    /// history, a published member, revision 7, compacted at 3.
+    /// history, a published member with a NOSPACE alarm, revision 7,
+    /// compacted at 3.
     fn sample_file() -> Vec<u8> {
         use serde_bytes::ByteBuf;
         let kv = |k: &str, v: &str, rev: i64| {
@@ -228,6 +233,7 @@ mod tests {
             })],
             revs: vec![(5, 0, ByteBuf::from(b"a".to_vec()))],
             members: vec![(42, ByteBuf::from(vec![1, 2, 3]))],
+            alarms: vec![(42, crate::proto::etcdserverpb::AlarmType::Nospace as i32)],
             ..Default::default()
         };
         // Round-trip through a store so the image is exactly what capture
@@ -300,6 +306,8 @@ mod tests {
             assert!(meta.get(key).unwrap().is_none(), "{key} written");
         }
         assert_eq!(txn.open_table(MEMBERS).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(ALARMS).unwrap().len().unwrap(), 0);
+        assert_eq!(backup::decode(&raw).unwrap().image.alarms.len(), 1);
         assert_eq!(txn.open_table(KV_LATEST).unwrap().len().unwrap(), 2);
         let image = SnapshotImage::capture(&txn).unwrap();
         let original = backup::decode(&raw).unwrap().image;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::{
-    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError, meta_i64,
-    meta_key,
+    ALARMS, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError,
+    meta_i64, meta_key,
 };
 use crate::proto::witanpb::LeaseRecord;
 
@@ -27,6 +27,11 @@ pub struct SnapshotImage {
     pub leases: Vec<(i64, ByteBuf)>,
     pub lease_keys: Vec<(i64, ByteBuf)>,
     pub members: Vec<(u64, ByteBuf)>,
+    /// Raised alarms: (member id, `etcdserverpb.AlarmType`). Last, and
+    /// empty when absent, so images written before alarms existed still
+    /// decode.
+    #[serde(default)]
+    pub alarms: Vec<(u64, i32)>,
 }
 
 impl SnapshotImage {
@@ -69,6 +74,10 @@ impl SnapshotImage {
         for item in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = item?;
             image.members.push((k.value(), ByteBuf::from(v.value())));
+        }
+        for item in txn.open_table(ALARMS)?.iter()? {
+            let (k, _) = item?;
+            image.alarms.push(k.value());
         }
         Ok(image)
     }
@@ -121,6 +130,11 @@ impl SnapshotImage {
         for (id, v) in &self.members {
             members.insert(*id, v.as_slice())?;
         }
+        let mut alarms = txn.open_table(ALARMS)?;
+        alarms.retain(|_, _| false)?;
+        for pair in &self.alarms {
+            alarms.insert(*pair, ())?;
+        }
         let mut meta = txn.open_table(META)?;
         meta.insert(meta_key::REVISION, self.revision.to_le_bytes().as_slice())?;
         meta.insert(
@@ -140,5 +154,61 @@ impl SnapshotImage {
                     .map_err(|e| StorageError::corrupt("lease record", e))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+
+    #[test]
+    fn alarms_travel_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = SnapshotImage {
+            format: IMAGE_FORMAT,
+            revision: 3,
+            alarms: vec![(5, 1), (9, 2)],
+            ..Default::default()
+        };
+        let decoded = SnapshotImage::decode(&image.encode()).unwrap();
+        let txn = store.db().begin_write().unwrap();
+        decoded.restore(&txn).unwrap();
+        txn.commit().unwrap();
+        let txn = store.db().begin_read().unwrap();
+        assert_eq!(SnapshotImage::capture(&txn).unwrap(), image);
+    }
+
+    #[test]
+    fn an_image_from_before_alarms_still_decodes() {
+        /// The image layout before alarms were added.
+        #[derive(Serialize)]
+        struct Old {
+            format: u32,
+            revision: i64,
+            compact_revision: i64,
+            latest: Vec<(ByteBuf, ByteBuf)>,
+            history: Vec<(ByteBuf, u64, ByteBuf)>,
+            revs: Vec<(u64, u32, ByteBuf)>,
+            leases: Vec<(i64, ByteBuf)>,
+            lease_keys: Vec<(i64, ByteBuf)>,
+            members: Vec<(u64, ByteBuf)>,
+        }
+        let old = Old {
+            format: IMAGE_FORMAT,
+            revision: 4,
+            compact_revision: 0,
+            latest: vec![],
+            history: vec![],
+            revs: vec![],
+            leases: vec![],
+            lease_keys: vec![],
+            members: vec![(1, ByteBuf::from(vec![1]))],
+        };
+        let image = SnapshotImage::decode(&crate::storage::to_rmp(&old)).unwrap();
+        assert_eq!(image.revision, 4);
+        assert_eq!(image.members.len(), 1);
+        assert!(image.alarms.is_empty());
     }
 }

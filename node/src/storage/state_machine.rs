@@ -12,16 +12,17 @@ use redb::{Durability, ReadableTable};
 
 use super::snapshot::SnapshotImage;
 use super::{
-    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store, blocking,
-    inline, meta_i64, meta_key, meta_rmp, to_rmp,
+    ALARMS, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store,
+    blocking, inline, meta_i64, meta_key, meta_rmp, to_rmp,
 };
 use crate::hub::{ApplyHub, ApplyNotice};
 use crate::lease::lessor::Lessor;
+use crate::mvcc::alarm::ActiveAlarms;
 use crate::mvcc::apply::{Applier, ApplyError, LeaseChange};
 use crate::mvcc::read::ReadView;
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    ResponseHeader, TxnResponse,
+    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use crate::proto::witanpb::internal_request::Request;
 use crate::proto::witanpb::internal_response::Response;
@@ -107,6 +108,8 @@ impl StateMachine {
             let revision = meta_i64(&meta, meta_key::REVISION)?.max(1);
             let compact_revision = meta_i64(&meta, meta_key::COMPACT_REVISION)?;
             let mut members = txn.open_table(MEMBERS)?;
+            let mut alarm_table = txn.open_table(ALARMS)?;
+            let mut alarms = ActiveAlarms::load(&alarm_table)?;
             let mut applier = Applier::new(
                 ReadView {
                     latest: txn.open_table(KV_LATEST)?,
@@ -127,7 +130,12 @@ impl StateMachine {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(batch) => {
                         for request in &batch.0 {
-                            batch_responses.push(apply_one(&mut applier, &mut members, request)?);
+                            batch_responses.push(apply_one(
+                                &mut applier,
+                                &mut members,
+                                (&mut alarm_table, &mut alarms),
+                                request,
+                            )?);
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -263,12 +271,19 @@ impl StateMachine {
     }
 }
 
-/// Applies one request; a deterministic rejection becomes an error response.
+/// Applies one request; a deterministic rejection (including one the active
+/// alarms make) becomes an error response.
 fn apply_one(
     applier: &mut Applier<'_>,
     members: &mut redb::Table<'_, u64, &'static [u8]>,
+    (alarm_table, alarms): (&mut redb::Table<'_, (u64, i32), ()>, &mut ActiveAlarms),
     request: &InternalRequest,
 ) -> Result<InternalResponse, super::StorageError> {
+    if let Some(refused) = alarms.refusal(request) {
+        return Ok(InternalResponse {
+            response: Some(Response::Error(refused.to_wire())),
+        });
+    }
     let result: Result<Response, ApplyError> = match &request.request {
         Some(Request::Put(req)) => applier.put(req).map(|r| {
             Response::Put(PutResponse {
@@ -308,6 +323,25 @@ fn apply_one(
             .insert(attrs.member_id, attrs.encode_to_vec().as_slice())
             .map(|_| Response::Published(true))
             .map_err(|e| ApplyError::Storage(e.into())),
+        Some(Request::Alarm(req)) => {
+            let (resp, change) = alarms.apply(req);
+            let stored = match change {
+                Some((pair, true)) => alarm_table.insert(pair, ()).map(|_| ()),
+                Some((pair, false)) => alarm_table.remove(pair).map(|_| ()),
+                None => Ok(()),
+            };
+            if let Some((pair, raised)) = change {
+                tracing::warn!(member = %format!("{:x}", pair.0), alarm = pair.1, raised, "alarm changed");
+            }
+            stored
+                .map(|()| {
+                    Response::Alarm(AlarmResponse {
+                        header: header(applier.view.revision),
+                        ..resp
+                    })
+                })
+                .map_err(|e| ApplyError::Storage(e.into()))
+        }
         None => Ok(Response::Published(false)),
     };
     match result {
