@@ -149,6 +149,16 @@ pub struct Flags {
     /// hours), revision mode a number of revisions.
     #[arg(long, env = "WITAN_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Database size in bytes at which the member raises a NOSPACE alarm
+    /// and refuses writes: `0` is etcd's default (2 GiB), a negative value
+    /// turns the quota off.
+    #[arg(
+        long,
+        env = "WITAN_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "WITAN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -214,6 +224,16 @@ fn parse_auto_compaction(
     }
 }
 
+/// Reads `--quota-backend-bytes` as etcd does: 0 is the default quota, a
+/// negative value is no quota.
+fn quota_backend_bytes(raw: i64) -> Option<u64> {
+    match raw {
+        0 => Some(crate::mvcc::alarm::DEFAULT_QUOTA_BACKEND_BYTES),
+        n if n < 0 => None,
+        n => Some(n.unsigned_abs()),
+    }
+}
+
 /// Validated configuration of one member.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -235,6 +255,8 @@ pub struct Config {
     pub max_learners: usize,
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: AutoCompaction,
+    /// The space quota in bytes; `None` when turned off.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 /// A flag that does not make sense.
@@ -438,6 +460,7 @@ impl Config {
             parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
         Ok(Config {
             auto_compaction,
+            quota_backend_bytes: quota_backend_bytes(flags.quota_backend_bytes),
             data_dir: flags
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(format!("{}.witan", flags.name))),
@@ -554,6 +577,22 @@ mod tests {
             Flags::try_parse_from(["witan", "--auto-compaction-mode", "daily"]).is_err(),
             "an unknown mode is refused"
         );
+    }
+
+    #[test]
+    fn quota_backend_bytes_reads_as_etcds() {
+        let quota = |args: &[&str]| parse(args).unwrap().quota_backend_bytes;
+        assert_eq!(quota(&[]), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(
+            quota(&["--quota-backend-bytes", "0"]),
+            Some(2 * 1024 * 1024 * 1024)
+        );
+        assert_eq!(
+            quota(&["--quota-backend-bytes", "8388608"]),
+            Some(8_388_608)
+        );
+        assert_eq!(quota(&["--quota-backend-bytes", "-1"]), None);
+        assert!(Flags::try_parse_from(["witan", "--quota-backend-bytes", "2GiB"]).is_err());
     }
 
     #[test]

@@ -20,10 +20,6 @@ use grpc::GrpcMetrics;
 
 use crate::raft::types::{NodeId, Raft};
 
-/// etcd's default `--quota-backend-bytes` (2 GiB). witan enforces no quota
-/// yet; this only reports the default so etcd's dashboards have a ceiling.
-pub const DEFAULT_QUOTA_BACKEND_BYTES: i64 = 2 * 1024 * 1024 * 1024;
-
 /// etcd's bucket layout for disk latencies: 1ms doubling, 14 buckets
 /// (up to ~8.2s), then +Inf.
 pub fn disk_duration_buckets() -> Vec<f64> {
@@ -48,6 +44,10 @@ pub struct Observed {
     pub applied_index: u64,
     /// Size of the database file in bytes.
     pub db_size_bytes: u64,
+    /// Bytes of the database file in allocated pages.
+    pub db_size_in_use_bytes: u64,
+    /// The configured space quota (0 when turned off).
+    pub quota_backend_bytes: u64,
 }
 
 /// One member's metrics and the registry they are exposed from.
@@ -190,7 +190,6 @@ impl Metrics {
             grpc: Arc::new(GrpcMetrics::register(&r)),
             registry: r,
         };
-        metrics.quota_backend_bytes.set(DEFAULT_QUOTA_BACKEND_BYTES);
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -211,9 +210,10 @@ impl Metrics {
             .set(saturate(observed.committed_index));
         self.proposals_applied.set(saturate(observed.applied_index));
         self.db_total_size.set(saturate(observed.db_size_bytes));
-        // redb does not report free pages cheaply; in-use is the file size.
         self.db_total_size_in_use
-            .set(saturate(observed.db_size_bytes));
+            .set(saturate(observed.db_size_in_use_bytes));
+        self.quota_backend_bytes
+            .set(saturate(observed.quota_backend_bytes));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics");
@@ -319,6 +319,8 @@ mod tests {
             committed_index: 12,
             applied_index: 11,
             db_size_bytes: 4096,
+            db_size_in_use_bytes: 1024,
+            quota_backend_bytes: 2147483648,
         });
         assert_eq!(value(&text, "etcd_server_has_leader"), "1");
         assert_eq!(value(&text, "etcd_server_is_leader"), "0");
@@ -328,7 +330,7 @@ mod tests {
         assert_eq!(value(&text, "etcd_mvcc_db_total_size_in_bytes"), "4096");
         assert_eq!(
             value(&text, "etcd_mvcc_db_total_size_in_use_in_bytes"),
-            "4096"
+            "1024"
         );
         assert_eq!(
             value(&text, "etcd_server_quota_backend_bytes"),

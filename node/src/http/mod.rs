@@ -109,6 +109,12 @@ async fn metrics(State(member): State<Arc<Member>>) -> Response {
         committed_index,
         applied_index,
         db_size_bytes: member.store.file_size_bytes(),
+        db_size_in_use_bytes: crate::storage::blocking(|| member.store.size_in_use_bytes())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "measuring the database in use");
+                0
+            }),
+        quota_backend_bytes: member.config.quota_backend_bytes.unwrap_or(0),
     };
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

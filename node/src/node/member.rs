@@ -111,6 +111,7 @@ impl Member {
         if request.encoded_len() > self.config.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
+        self.check_quota(&request).await?;
         let response = self.proposer.propose(request).await?;
         match response.response {
             Some(Response::Error(code)) => Err(EtcdError::from_wire(code)),

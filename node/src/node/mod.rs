@@ -7,6 +7,7 @@ pub mod join;
 pub mod member;
 pub mod membership;
 pub mod proposer;
+mod quota;
 pub mod read_barrier;
 pub mod reconfig;
 pub mod start;

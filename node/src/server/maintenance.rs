@@ -1,10 +1,10 @@
 //! etcdserverpb.Maintenance: Status (what `etcdctl endpoint status` and
-//! client version checks need), Snapshot (a witan snapshot file, see
-//! `storage::backup`), Hash and HashKV (see `storage::hash`). Alarm answers
-//! GET with no alarms, which `etcdctl endpoint health` relies on. Defragment,
-//! MoveLeader and Alarm ACTIVATE/DEACTIVATE answer Unimplemented; Downgrade
-//! answers as etcd does for an unknown action, and Unimplemented for the
-//! actions witan does not support.
+//! client version checks need), Alarm (alarms are replicated through Raft,
+//! see `mvcc::alarm`), Defragment (compacts this member's database file;
+//! not replicated), Snapshot (a witan snapshot file, see `storage::backup`),
+//! Hash and HashKV (see `storage::hash`). MoveLeader answers Unimplemented;
+//! Downgrade answers as etcd does for an unknown action, and Unimplemented
+//! for the actions witan does not support.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +23,9 @@ use crate::proto::etcdserverpb::{
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::proto::witanpb::InternalRequest;
+use crate::proto::witanpb::internal_request::Request as Internal;
+use crate::proto::witanpb::internal_response::Response as Applied;
 use crate::storage::backup::{CHECKSUM_LEN, SnapshotFile};
 use crate::storage::{StorageError, hash};
 
@@ -40,8 +43,15 @@ fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("witan: {what} is not supported by this version"))
 }
 
+/// The storage version witan reports in Status (etcd 3.6's field).
+const STORAGE_VERSION: &str = "3.6.0";
+
 /// Bytes per Snapshot message, as etcd sends them.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+fn saturate(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
@@ -51,42 +61,94 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        match AlarmAction::try_from(request.get_ref().action) {
-            // No alarm can be raised yet (quotas come with the maintenance
-            // work), so the list is truthfully empty.
-            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
+        let req = request.into_inner();
+        match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                // etcd answers GET through Raft, so it is linearizable; a
+                // read barrier gives the same guarantee without a log entry.
+                self.member.linearizable_barrier().await?;
+                let alarms = self.member.alarms()?;
+                Ok(Response::new(AlarmResponse {
+                    header: self.member.header(self.member.hub.current_revision()),
+                    alarms: alarms.list(req.alarm),
+                }))
+            }
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                let applied = self
+                    .member
+                    .propose(InternalRequest {
+                        request: Some(Internal::Alarm(req)),
+                    })
+                    .await?;
+                match applied {
+                    Applied::Alarm(mut resp) => {
+                        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+                        resp.header = self.member.header(revision);
+                        Ok(Response::new(resp))
+                    }
+                    _ => Err(EtcdError::Internal("unexpected response".into()).into()),
+                }
+            }
+            // etcd's apply answers an action it does not know with no alarms.
+            Err(_) => Ok(Response::new(AlarmResponse {
                 header: self.member.header(self.member.hub.current_revision()),
                 alarms: Vec::new(),
             })),
-            _ => Err(not_yet("Alarm ACTIVATE/DEACTIVATE")),
         }
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let metrics = self.member.raft.metrics().borrow().clone();
-        let db_size = self.member.store.file_size_bytes() as i64;
+        let store = self.member.store.clone();
+        let (db_size, db_size_in_use) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StorageError>((store.file_size_bytes(), store.size_in_use_bytes()?))
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("status task: {e}")))?
+        .map_err(EtcdError::from)?;
+        let is_learner = metrics
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == self.member.id);
         Ok(Response::new(StatusResponse {
             header: self.member.header(self.member.hub.current_revision()),
             version: ETCD_COMPAT_VERSION.to_string(),
-            db_size,
+            db_size: saturate(db_size),
             leader: metrics.current_leader.unwrap_or(0),
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            errors: Vec::new(),
-            db_size_in_use: db_size,
-            is_learner: self.member.is_learner(),
-            storage_version: String::new(),
-            db_size_quota: 0,
+            errors: self.member.alarms()?.status_errors(),
+            db_size_in_use: saturate(db_size_in_use),
+            is_learner,
+            storage_version: STORAGE_VERSION.to_string(),
+            db_size_quota: saturate(self.member.config.quota_backend_bytes.unwrap_or(0)),
             downgrade_info: None,
         }))
     }
 
+    /// Compacts this member's database file (etcd's defragmentation). Every
+    /// read and write on this member waits until it is done, as in etcd.
     async fn defragment(
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        let store = self.member.store.clone();
+        let started = std::time::Instant::now();
+        let (before_bytes, after_bytes) = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| EtcdError::Internal(format!("defragment task: {e}")))?
+            .map_err(EtcdError::from)?;
+        tracing::info!(
+            before_bytes,
+            after_bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "defragmented"
+        );
+        Ok(Response::new(DefragmentResponse {
+            header: self.member.header(self.member.hub.current_revision()),
+        }))
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

@@ -113,9 +113,9 @@ impl StorageError {
     }
 }
 
-/// How long a measured in-use size is reused: measuring walks every page
-/// of every table (redb has no cheaper count), so a scrape or status call
-/// storm must not repeat it.
+/// How long a measured in-use size is reused while the file size stays the
+/// same: measuring walks every page of every table (redb has no cheaper
+/// count), so a storm of scrapes or status calls must not repeat it.
 const IN_USE_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The member's database.
@@ -123,8 +123,8 @@ const IN_USE_MAX_AGE: Duration = Duration::from_secs(5);
 pub struct Store {
     db: Arc<Db>,
     path: PathBuf,
-    /// Last in-use measurement and when it was taken.
-    in_use: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// Last in-use measurement: when, the file size then, the bytes in use.
+    in_use: Arc<Mutex<Option<(Instant, u64, u64)>>>,
 }
 
 impl Store {
@@ -195,11 +195,14 @@ impl Store {
     }
 
     /// Bytes of the file in allocated pages (etcd's "in use"), measured at
-    /// most [`IN_USE_MAX_AGE`] ago. Briefly waits for the writer in flight.
+    /// most [`IN_USE_MAX_AGE`] ago and at the current file size. Briefly
+    /// waits for the writer in flight.
     pub fn size_in_use_bytes(&self) -> Result<u64, StorageError> {
         let mut cached = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, bytes)) = *cached
+        let file_bytes = self.file_size_bytes();
+        if let Some((at, measured_file_bytes, bytes)) = *cached
             && at.elapsed() < IN_USE_MAX_AGE
+            && measured_file_bytes == file_bytes
         {
             return Ok(bytes);
         }
@@ -207,7 +210,7 @@ impl Store {
         let stats = txn.stats()?;
         txn.abort()?;
         let bytes = stats.allocated_pages() * stats.page_size() as u64;
-        *cached = Some((Instant::now(), bytes));
+        *cached = Some((Instant::now(), file_bytes, bytes));
         Ok(bytes)
     }
 
@@ -329,5 +332,38 @@ mod tests {
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("opened an unknown format"),
         }
+    }
+
+    #[test]
+    fn defragment_gives_back_what_was_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let value = vec![1u8; 32 * 1024];
+        let txn = store.db().begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV_LATEST).unwrap();
+            for i in 0..300u32 {
+                kv.insert(i.to_be_bytes().as_slice(), value.as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let full_in_use = store.size_in_use_bytes().unwrap();
+        let txn = store.db().begin_write().unwrap();
+        txn.open_table(KV_LATEST)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.commit().unwrap();
+        let (before, after) = store.defragment().unwrap();
+        assert!(after * 4 < before, "{before} -> {after} bytes");
+        assert_eq!(after, store.file_size_bytes());
+        let in_use = store.size_in_use_bytes().unwrap();
+        assert!(
+            in_use * 4 < full_in_use && in_use <= after,
+            "in use {full_in_use} -> {in_use}, file {after}"
+        );
+        // The store still works after compaction.
+        store.identity().unwrap();
     }
 }
