@@ -32,6 +32,13 @@ const KV_OVERHEAD_BYTES: u64 = 256;
 /// etcd's estimate of a lease record's size.
 const LEASE_OVERHEAD_BYTES: u64 = 64;
 
+/// How applying an alarm request changed the set, for the table to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmChange {
+    Raised(u64, i32),
+    Cleared(u64, i32),
+}
+
 /// The alarms raised in the cluster: (member id, `AlarmType` number).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActiveAlarms(BTreeSet<(u64, i32)>);
@@ -65,9 +72,8 @@ impl ActiveAlarms {
     }
 
     /// What ACTIVATE or DEACTIVATE does to the set, as etcd's alarm store
-    /// does it. Returns the response and, when the set changed, the pair
-    /// to insert (`true`) or remove (`false`) in the table.
-    pub fn apply(&mut self, req: &AlarmRequest) -> (AlarmResponse, Option<((u64, i32), bool)>) {
+    /// does it. Returns the response and how the set changed, if it did.
+    pub fn apply(&mut self, req: &AlarmRequest) -> (AlarmResponse, Option<AlarmChange>) {
         let pair = (req.member_id, req.alarm);
         let member = AlarmMember {
             member_id: req.member_id,
@@ -84,12 +90,14 @@ impl ActiveAlarms {
             Ok(AlarmAction::Activate) => {
                 // Already raised: answered as raised, nothing changes.
                 resp.alarms.push(member);
-                self.0.insert(pair).then_some((pair, true))
+                self.0
+                    .insert(pair)
+                    .then_some(AlarmChange::Raised(pair.0, pair.1))
             }
             Ok(AlarmAction::Deactivate) => {
                 if self.0.remove(&pair) {
                     resp.alarms.push(member);
-                    Some((pair, false))
+                    Some(AlarmChange::Cleared(pair.0, pair.1))
                 } else {
                     None
                 }
@@ -297,7 +305,10 @@ mod tests {
         let mut alarms = ActiveAlarms::default();
         let (resp, change) = alarms.apply(&alarm(AlarmAction::Activate, 9, AlarmType::Nospace));
         assert_eq!(resp.alarms.len(), 1);
-        assert_eq!(change, Some(((9, AlarmType::Nospace as i32), true)));
+        assert_eq!(
+            change,
+            Some(AlarmChange::Raised(9, AlarmType::Nospace as i32))
+        );
         // Raising it again answers it, changes nothing.
         let (resp, change) = alarms.apply(&alarm(AlarmAction::Activate, 9, AlarmType::Nospace));
         assert_eq!(resp.alarms.len(), 1);
@@ -323,7 +334,10 @@ mod tests {
         assert!(resp.alarms.is_empty() && change.is_none());
         let (resp, change) = alarms.apply(&alarm(AlarmAction::Deactivate, 9, AlarmType::Nospace));
         assert_eq!(resp.alarms.len(), 1);
-        assert_eq!(change, Some(((9, AlarmType::Nospace as i32), false)));
+        assert_eq!(
+            change,
+            Some(AlarmChange::Cleared(9, AlarmType::Nospace as i32))
+        );
         assert_eq!(alarms.list(AlarmType::Nospace as i32), vec![]);
     }
 

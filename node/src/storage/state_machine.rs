@@ -17,7 +17,7 @@ use super::{
 };
 use crate::hub::{ApplyHub, ApplyNotice};
 use crate::lease::lessor::Lessor;
-use crate::mvcc::alarm::ActiveAlarms;
+use crate::mvcc::alarm::{ActiveAlarms, AlarmChange};
 use crate::mvcc::apply::{Applier, ApplyError, LeaseChange};
 use crate::mvcc::read::ReadView;
 use crate::proto::etcdserverpb::{
@@ -326,13 +326,16 @@ fn apply_one(
         Some(Request::Alarm(req)) => {
             let (resp, change) = alarms.apply(req);
             let stored = match change {
-                Some((pair, true)) => alarm_table.insert(pair, ()).map(|_| ()),
-                Some((pair, false)) => alarm_table.remove(pair).map(|_| ()),
+                Some(AlarmChange::Raised(member, alarm)) => {
+                    tracing::warn!(member = %format!("{member:x}"), alarm, "alarm raised");
+                    alarm_table.insert((member, alarm), ()).map(|_| ())
+                }
+                Some(AlarmChange::Cleared(member, alarm)) => {
+                    tracing::info!(member = %format!("{member:x}"), alarm, "alarm cleared");
+                    alarm_table.remove((member, alarm)).map(|_| ())
+                }
                 None => Ok(()),
             };
-            if let Some((pair, raised)) = change {
-                tracing::warn!(member = %format!("{:x}", pair.0), alarm = pair.1, raised, "alarm changed");
-            }
             stored
                 .map(|()| {
                     Response::Alarm(AlarmResponse {
