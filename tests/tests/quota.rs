@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use witan_tests::{Cluster, json, poll_until, revision_of};
+use witan_tests::{Cluster, json, poll_until, revision_of, run_bounded};
 
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 /// Small enough that a few dozen large values cross it in seconds.
@@ -214,4 +214,20 @@ fn status_reports_the_quota_storage_version_and_learner_flag() {
     assert!(status.errors().is_empty());
     assert!(status.raft_used_db_size() > 0);
     assert!(status.raft_used_db_size() <= status.db_size());
+
+    // The configured quota is what dashboards compare the size with.
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-f", "--max-time", "8"]).arg(format!(
+        "http://127.0.0.1:{}/metrics",
+        c.member(0).client_port
+    ));
+    let scraped = run_bounded(curl, None, Duration::from_secs(10));
+    assert!(
+        scraped
+            .stdout
+            .lines()
+            .any(|l| l == "etcd_server_quota_backend_bytes 123456789"),
+        "{}",
+        scraped.stdout
+    );
 }
