@@ -2,7 +2,7 @@
 //! client version checks need), Alarm (alarms are replicated through Raft,
 //! see `mvcc::alarm`), Defragment (compacts this member's database file;
 //! not replicated), Snapshot (a witan snapshot file, see `storage::backup`),
-//! Hash and HashKV (see `storage::hash`). MoveLeader answers Unimplemented;
+//! Hash and HashKV (see `storage::hash`), MoveLeader (through the leader).
 //! Downgrade answers as etcd does for an unknown action, and Unimplemented
 //! for the actions witan does not support.
 
@@ -37,10 +37,6 @@ impl MaintenanceService {
     pub fn new(member: Arc<Member>) -> Self {
         MaintenanceService { member }
     }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("witan: {what} is not supported by this version"))
 }
 
 /// The storage version witan reports in Status (etcd 3.6's field).
@@ -106,11 +102,6 @@ impl Maintenance for MaintenanceService {
         .await
         .map_err(|e| EtcdError::Internal(format!("status task: {e}")))?
         .map_err(EtcdError::from)?;
-        let is_learner = metrics
-            .membership_config
-            .membership()
-            .learner_ids()
-            .any(|id| id == self.member.id);
         Ok(Response::new(StatusResponse {
             header: self.member.header(self.member.hub.current_revision()),
             version: ETCD_COMPAT_VERSION.to_string(),
@@ -121,7 +112,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
             errors: self.member.alarms()?.status_errors(),
             db_size_in_use: saturate(db_size_in_use),
-            is_learner,
+            is_learner: self.member.is_learner(),
             storage_version: STORAGE_VERSION.to_string(),
             db_size_quota: saturate(self.member.config.quota_backend_bytes.unwrap_or(0)),
             downgrade_info: None,
