@@ -319,7 +319,7 @@ mod tests {
     /// with the right streaming type.
     #[test]
     fn served_methods_match_the_proto() {
-        let proto = include_str!("../../proto/etcdserverpb/rpc.proto");
+        let proto = include_str!("../../../api/proto/etcdserverpb/rpc.proto");
         let mut from_proto = Vec::new();
         let mut service = "";
         for line in proto.lines().map(str::trim) {

@@ -1,5 +1,5 @@
 //! witanpb.Membership: witan's joint voter-set change (see
-//! `proto/witanpb/membership.proto`), carried out by the leader.
+//! `api/proto/witanpb/membership.proto`), carried out by the leader.
 
 use std::sync::Arc;
 
