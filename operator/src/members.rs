@@ -6,6 +6,9 @@ use std::{collections::BTreeSet, time::Duration};
 
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 use futures::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+use witan_api::witanpb::membership_client::MembershipClient;
+use witan_api::witanpb::{ChangeVotersRequest, VotersRequest};
 
 use crate::{
     names::ClusterNames,
@@ -21,9 +24,9 @@ pub enum MemberError {
         #[source]
         source: etcd_client::Error,
     },
-    /// The members do not offer this call yet.
-    #[error("{0} is not available from the members yet")]
-    Unsupported(&'static str),
+    /// A witan-only RPC (witanpb.Membership) failed or found no member.
+    #[error("{what}: {detail}")]
+    Witan { what: &'static str, detail: String },
 }
 
 /// The membership calls the operator makes. `endpoints` are client URLs;
@@ -96,6 +99,46 @@ impl EtcdMembers {
                 what: "connect",
                 source,
             })
+    }
+
+    /// A `witanpb.Membership` client on the first of `endpoints` that
+    /// accepts a connection.
+    async fn membership(
+        &self,
+        endpoints: &[String],
+        what: &'static str,
+    ) -> Result<MembershipClient<Channel>, MemberError> {
+        let mut last = String::from("no endpoints");
+        for url in endpoints {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| MemberError::Witan {
+                    what,
+                    detail: format!("bad endpoint {url}: {e}"),
+                })?
+                .connect_timeout(self.connect_timeout)
+                .timeout(self.request_timeout);
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(MembershipClient::new(channel)),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(MemberError::Witan { what, detail: last })
+    }
+
+    /// The target of an interrupted joint change: the second voter set
+    /// when the configuration is joint. `None` when it is uniform or the
+    /// members cannot say.
+    async fn joint_target(&self, endpoints: &[String]) -> Option<BTreeSet<u64>> {
+        let mut client = self.membership(endpoints, "Voters").await.ok()?;
+        let config = client
+            .voters(VotersRequest { linearizable: true })
+            .await
+            .ok()?
+            .into_inner();
+        match config.configs.as_slice() {
+            [_, new] => Some(new.voter_ids.iter().copied().collect()),
+            _ => None,
+        }
     }
 
     async fn observe_impl(
@@ -176,9 +219,7 @@ impl EtcdMembers {
             .collect();
         Ok(Some(Membership {
             members,
-            // The etcd API cannot show a joint configuration; the witan
-            // Membership service will.
-            joint_target: None,
+            joint_target: self.joint_target(endpoints).await,
             cluster_id,
         }))
     }
@@ -213,12 +254,24 @@ impl MemberApi for EtcdMembers {
 
     fn change_voters<'a>(
         &'a self,
-        _endpoints: &'a [String],
-        _voters: &'a BTreeSet<u64>,
+        endpoints: &'a [String],
+        voters: &'a BTreeSet<u64>,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
-        // Promoting learners one by one (MemberPromote) would pass through an
-        // even voting set, which this operator never does.
-        Box::pin(async { Err(MemberError::Unsupported("witanpb.Membership/ChangeVoters")) })
+        // Never MemberPromote one by one: that passes through an even
+        // voting set. ChangeVoters is one joint change, and idempotent.
+        Box::pin(async move {
+            let mut client = self.membership(endpoints, "ChangeVoters").await?;
+            client
+                .change_voters(ChangeVotersRequest {
+                    voter_ids: voters.iter().copied().collect(),
+                })
+                .await
+                .map_err(|status| MemberError::Witan {
+                    what: "ChangeVoters",
+                    detail: status.message().to_string(),
+                })?;
+            Ok(())
+        })
     }
 
     fn move_leader<'a>(
