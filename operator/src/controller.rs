@@ -84,22 +84,37 @@ impl Context {
     }
 }
 
-/// Run the controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>) {
+/// Run the controller until a shutdown signal. It watches KvClusters and
+/// their children in `namespace`, or in every namespace when `None` (the
+/// Helm chart grants a Role or a ClusterRole to match).
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=witan-operator");
     Controller::new(
-        Api::<KvCluster>::all(client.clone()),
+        watched::<KvCluster>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client), children)
+    .owns(watched::<StatefulSet>(&client, ns), children.clone())
+    .owns(watched::<Service>(&client, ns), children.clone())
+    .owns(watched::<ConfigMap>(&client, ns), children.clone())
+    .owns(watched::<PodDisruptionBudget>(&client, ns), children)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
     .await;
+}
+
+/// The API of `K` in one namespace, or in all of them.
+fn watched<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// One reconcile of one KvCluster.

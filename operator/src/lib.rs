@@ -4,12 +4,14 @@
 //! children), `planner` (pure: the next safe membership or rollout step),
 //! `status` (pure: status from what was observed), `members` (the etcd v3
 //! member API behind a trait), `controller` (the only module with side
-//! effects on Kubernetes). This crate must not depend on `witan-node`: it
+//! effects on Kubernetes besides `leader_election`, which holds the
+//! operator's Lease). This crate must not depend on `witan-node`: it
 //! talks to members over the public etcd v3 API only.
 
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod leader_election;
 pub mod members;
 pub mod metrics;
 pub mod names;

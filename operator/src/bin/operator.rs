@@ -7,8 +7,10 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, routing::get};
 use clap::Parser;
 use kube::{Client, runtime::events::Reporter};
+use tokio::sync::watch;
 use witan_operator::{
     controller::{self, Context},
+    leader_election::{Ended, LeaderElector, LeaseConfig, run_while_leading},
     members::EtcdMembers,
     metrics::Metrics,
 };
@@ -32,6 +34,58 @@ struct Config {
     /// Bound on one member RPC, e.g. `5s`.
     #[arg(long, env = "WITAN_OPERATOR_MEMBER_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
     member_request_timeout: std::time::Duration,
+    /// Watch KvClusters in this namespace only; every namespace when unset.
+    #[arg(long, env = "WITAN_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Run the controller only while holding the leader Lease, so that
+    /// several replicas can run with exactly one active.
+    #[arg(long, env = "WITAN_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease: the operator's own (downward API).
+    #[arg(long, env = "WITAN_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "WITAN_OPERATOR_LEASE_NAME",
+        default_value = "witan-operator"
+    )]
+    lease_name: String,
+    /// How long a leader's lease lasts without renewal, e.g. `15s`.
+    #[arg(long, env = "WITAN_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime_duration)]
+    lease_duration: std::time::Duration,
+    /// How long a leader keeps leading while it cannot renew, e.g. `10s`.
+    #[arg(long, env = "WITAN_OPERATOR_RENEW_DEADLINE", default_value = "10s", value_parser = humantime_duration)]
+    renew_deadline: std::time::Duration,
+    /// How often candidates try to take the lease and the leader renews it.
+    #[arg(long, env = "WITAN_OPERATOR_RETRY_PERIOD", default_value = "2s", value_parser = humantime_duration)]
+    retry_period: std::time::Duration,
+}
+
+impl Config {
+    /// The namespace to watch; an empty value means every namespace.
+    fn watch_namespace(&self) -> Option<String> {
+        self.watch_namespace.clone().filter(|ns| !ns.is_empty())
+    }
+
+    /// The leader election settings, validated; `None` when election is off.
+    fn lease(&self) -> anyhow::Result<Option<LeaseConfig>> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let lease = LeaseConfig {
+            lease_name: self.lease_name.clone(),
+            namespace: self.namespace.clone().unwrap_or_default(),
+            identity: self.pod_name.clone().unwrap_or_default(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        };
+        lease.validate().context(
+            "leader election (set --pod-name and --namespace, or --leader-election=false)",
+        )?;
+        Ok(Some(lease))
+    }
 }
 
 /// Durations like `500ms`, `2s`, `1m`.
@@ -48,6 +102,26 @@ fn humantime_duration(raw: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> String {
     metrics.render()
 }
@@ -55,6 +129,8 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    let lease = config.lease()?;
+    let watch_namespace = config.watch_namespace();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,7 +150,12 @@ async fn main() -> anyhow::Result<()> {
         controller: "witan-operator".into(),
         instance: config.pod_name.clone(),
     };
-    let ctx = Arc::new(Context::new(client, members, metrics.clone(), reporter));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        members,
+        metrics.clone(),
+        reporter,
+    ));
 
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
@@ -86,8 +167,26 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %config.http_addr, "serving /metrics and /healthz");
     let server = axum::serve(listener, app);
 
+    let controller = move || controller::run(ctx.clone(), watch_namespace.clone());
+    let operate = async {
+        let Some(lease) = lease else {
+            controller().await;
+            return Ok(());
+        };
+        let elector = LeaderElector::new(client, lease)?;
+        let (leading, is_leading) = watch::channel(false);
+        let election = tokio::spawn(elector.run(leading));
+        let ended = run_while_leading(is_leading, controller, shutdown_signal).await;
+        tracing::info!(?ended, "controller stopped");
+        // The receiver is gone with run_while_leading: the elector releases
+        // the lease (if held) and ends.
+        election.await.context("leader election task")?;
+        anyhow::ensure!(ended != Ended::ElectionStopped, "leader election stopped");
+        anyhow::Ok(())
+    };
+
     tokio::select! {
-        () = controller::run(ctx) => tracing::info!("controller stopped"),
+        result = operate => result?,
         result = server => result.context("serve HTTP")?,
     }
     Ok(())
@@ -113,5 +212,38 @@ mod tests {
         );
         assert!(humantime_duration("2h").is_err());
         assert!(humantime_duration("s").is_err());
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_and_needs_an_identity_and_a_namespace() {
+        let config = Config::try_parse_from(["witan-operator"]).expect("parses");
+        assert!(config.leader_election);
+        assert!(config.lease().is_err(), "no pod name, no namespace");
+
+        let config = Config::try_parse_from([
+            "witan-operator",
+            "--pod-name=witan-operator-abc",
+            "--namespace=witan-system",
+        ])
+        .expect("parses");
+        let lease = config.lease().expect("valid").expect("election on");
+        assert_eq!(lease.identity, "witan-operator-abc");
+        assert_eq!(lease.namespace, "witan-system");
+        assert_eq!(lease.lease_name, "witan-operator");
+        assert_eq!(lease.lease_duration, std::time::Duration::from_secs(15));
+
+        let config =
+            Config::try_parse_from(["witan-operator", "--leader-election=false"]).expect("parses");
+        assert_eq!(config.lease().expect("valid"), None);
+    }
+
+    #[test]
+    fn an_empty_watch_namespace_means_every_namespace() {
+        let config =
+            Config::try_parse_from(["witan-operator", "--watch-namespace="]).expect("parses");
+        assert_eq!(config.watch_namespace(), None);
+        let config =
+            Config::try_parse_from(["witan-operator", "--watch-namespace=apps"]).expect("parses");
+        assert_eq!(config.watch_namespace().as_deref(), Some("apps"));
     }
 }
