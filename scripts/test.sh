@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, then runs
-# every check CI runs: formatting, clippy, unit, in-process cluster and
-# real-process (etcdctl) tests.
+# every check CI runs: helm lint/template of the chart, formatting, clippy,
+# unit, in-process cluster and real-process (etcdctl) tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,43 @@ command -v cargo >/dev/null 2>&1 || {
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
 }
+
+# helm lints and renders the chart. It is built from the Go module proxy
+# with `go install` (no prebuilt downloads) into a cache keyed by version, so
+# only the first run on a machine pays for the build (about 3 minutes).
+HELM_VERSION=v3.22.0
+helm_dir="${XDG_CACHE_HOME:-$HOME/.cache}/witan/tools/helm-$HELM_VERSION"
+export HELM="$helm_dir/helm"
+if [ ! -x "$HELM" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+        if [ -x /usr/local/go/bin/go ]; then
+            export PATH="$PATH:/usr/local/go/bin"
+        else
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo=sudo
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq golang-go
+        fi
+    fi
+    # GOTOOLCHAIN=auto lets an older Go fetch the toolchain helm's go.mod
+    # asks for, from the same module proxy.
+    mkdir -p "$helm_dir"
+    GOTOOLCHAIN=auto GOBIN="$helm_dir" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+chart=charts/witan
+for values in "" "$chart"/ci/*-values.yaml; do
+    args=()
+    [ -z "$values" ] || args=(--values "$values")
+    "$HELM" lint --strict "$chart" "${args[@]}" >/dev/null
+    # Clean means nothing on stderr either (warnings included).
+    warnings=$("$HELM" template witan "$chart" --namespace witan-system \
+        --kube-version 1.33.0 "${args[@]}" 2>&1 >/dev/null)
+    if [ -n "$warnings" ]; then
+        echo "helm template ${values:-(default values)}: $warnings" >&2
+        exit 1
+    fi
+done
+echo "helm lint and helm template: clean (default values and $chart/ci/*-values.yaml)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
