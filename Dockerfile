@@ -16,7 +16,7 @@ ARG RUST_VERSION=1.95
 # ---- build -----------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build-base
 # protoc: the etcd-client crate (the operator's member API) compiles etcd's
-# protos at build time. The node vendors its own protoc.
+# protos at build time (witan-api vendors its own protoc).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends protobuf-compiler \
     && rm -rf /var/lib/apt/lists/*
