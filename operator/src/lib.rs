@@ -6,8 +6,10 @@
 //! member API behind a trait), `controller` (the only module with side
 //! effects on Kubernetes besides `leader_election`, which holds the
 //! operator's Lease). This crate must not depend on `witan-node`: it
-//! talks to members over the public etcd v3 API only.
+//! talks to members over the public etcd v3 API only. `backup` is what the
+//! backup CronJob runs (`witan-operator backup`): snapshot, upload, prune.
 
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod error;

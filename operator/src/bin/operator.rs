@@ -1,5 +1,7 @@
 //! `witan-operator`: watches KvCluster resources and reconciles them; serves
-//! `/metrics` and `/healthz`. Flags parse here; everything else is the library.
+//! `/metrics` and `/healthz`. `witan-operator backup ...` takes one backup
+//! (what the backup CronJob runs). Flags parse here; everything else is the
+//! library.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -60,6 +62,17 @@ struct Config {
     /// How often candidates try to take the lease and the leader renews it.
     #[arg(long, env = "WITAN_OPERATOR_RETRY_PERIOD", default_value = "2s", value_parser = humantime_duration)]
     retry_period: std::time::Duration,
+    /// Image of the backup CronJobs (this operator's image).
+    #[arg(long, env = "WITAN_OPERATOR_BACKUP_IMAGE")]
+    backup_image: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Take one snapshot of a cluster, store it, prune old ones.
+    Backup(witan_operator::backup::BackupArgs),
 }
 
 impl Config {
@@ -126,17 +139,26 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> String {
     metrics.render()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let lease = config.lease()?;
-    let watch_namespace = config.watch_namespace();
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    if let Some(Command::Backup(args)) = &config.command {
+        init_tracing();
+        witan_operator::backup::run(args).await?;
+        return Ok(());
+    }
+    let lease = config.lease()?;
+    let watch_namespace = config.watch_namespace();
+    init_tracing();
 
     let client = Client::try_default()
         .await
@@ -150,12 +172,11 @@ async fn main() -> anyhow::Result<()> {
         controller: "witan-operator".into(),
         instance: config.pod_name.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        members,
-        metrics.clone(),
-        reporter,
-    ));
+    let mut ctx = Context::new(client.clone(), members, metrics.clone(), reporter);
+    if let Some(image) = config.backup_image.clone() {
+        ctx.backup_image = image;
+    }
+    let ctx = Arc::new(ctx);
 
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
