@@ -11,6 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
+        batch::v1::CronJob,
         core::v1::{ConfigMap, Pod, Service},
         policy::v1::PodDisruptionBudget,
     },
@@ -47,6 +48,8 @@ pub struct Context {
     pub members: Arc<dyn MemberApi>,
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
+    /// Image of the backup CronJobs (the operator's own image).
+    pub backup_image: String,
     /// Consecutive failures per KvCluster (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -64,6 +67,7 @@ impl Context {
             members,
             metrics,
             reporter,
+            backup_image: resources::cronjob::DEFAULT_BACKUP_IMAGE.to_string(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -98,6 +102,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .owns(watched::<StatefulSet>(&client, ns), children.clone())
     .owns(watched::<Service>(&client, ns), children.clone())
     .owns(watched::<ConfigMap>(&client, ns), children.clone())
+    .owns(watched::<CronJob>(&client, ns), children.clone())
     .owns(watched::<PodDisruptionBudget>(&client, ns), children)
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
@@ -124,7 +129,10 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
     let names = ClusterNames::of(&kvc)?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let statefulset = statefulsets.get_opt(&names.statefulset()).await?;
-    let observed = observe(&kvc, &names, &ctx, statefulset.as_ref()).await?;
+    let mut observed = observe(&kvc, &names, &ctx, statefulset.as_ref()).await?;
+    if kvc.spec.backup.is_some() {
+        observed.backup_runs = observe_backups(&names, &ctx).await?;
+    }
     let step = planner::next_step(&kvc.spec, &names, &observed);
 
     if step != Step::Paused {
@@ -267,6 +275,7 @@ async fn observe(
         bootstrapped,
         membership,
         pods,
+        backup_runs: Vec::new(),
     })
 }
 
@@ -299,6 +308,7 @@ async fn apply_children(
         &resources::pdb::build(kvc, names)?,
     )
     .await?;
+    apply_backup_cronjob(kvc, names, ctx).await?;
     if let Some(initial) = planner::initial_cluster(&kvc.spec, names, observed) {
         apply(
             &Api::<ConfigMap>::namespaced(client.clone(), ns),
@@ -320,6 +330,35 @@ async fn apply_children(
         .await?;
     }
     Ok(())
+}
+
+/// The backup CronJob exists exactly while `spec.backup` is set.
+async fn apply_backup_cronjob(kvc: &KvCluster, names: &ClusterNames, ctx: &Context) -> Result<()> {
+    let cronjobs = Api::<CronJob>::namespaced(ctx.client.clone(), &names.namespace);
+    let name = resources::cronjob::name(names);
+    match &kvc.spec.backup {
+        Some(backup) => {
+            let cronjob = resources::cronjob::build(kvc, names, backup, &ctx.backup_image)?;
+            apply(&cronjobs, &name, &cronjob).await
+        }
+        None => match cronjobs.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(error.into()),
+        },
+    }
+}
+
+/// Finished runs of the backup CronJob, from its pods' termination messages.
+async fn observe_backups(
+    names: &ClusterNames,
+    ctx: &Context,
+) -> Result<Vec<crate::backup::observe::BackupRun>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&resources::cronjob::pod_selector(names)))
+        .await?;
+    Ok(crate::backup::observe::runs_from_pods(&listed.items))
 }
 
 async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<()>

@@ -81,6 +81,8 @@ pub struct Observed {
     /// `None` when no member answered MemberList.
     pub membership: Option<Membership>,
     pub pods: Vec<ObservedPod>,
+    /// Finished runs of the backup CronJob (empty without `spec.backup`).
+    pub backup_runs: Vec<crate::backup::observe::BackupRun>,
 }
 
 impl Observed {

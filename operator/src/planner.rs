@@ -434,6 +434,7 @@ mod tests {
                 joint_target: None,
                 cluster_id: Some(7),
             }),
+            backup_runs: Vec::new(),
         }
     }
 

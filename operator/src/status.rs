@@ -5,6 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::{
+    backup::observe::Readiness,
     crd::{KvCluster, KvClusterStatus, MemberRole, MemberStatus, Phase},
     names::ClusterNames,
     observed::Observed,
@@ -104,20 +105,20 @@ pub fn compute(
     } else {
         condition(DEGRADED, false, "AllMembersHealthy", String::new())
     };
-    let backup = match &kvc.spec.backup {
-        None => condition(
-            BACKUP_READY,
-            false,
-            "NotConfigured",
-            "spec.backup is not set".into(),
-        ),
-        Some(_) => condition(
-            BACKUP_READY,
-            false,
-            "NotImplemented",
-            "scheduled backups are not implemented by this operator version yet".into(),
-        ),
-    };
+    let backups = crate::backup::observe::state(
+        kvc.spec.backup.as_ref(),
+        previous.last_backup.as_ref(),
+        &observed.backup_runs,
+    );
+    let mut backup = condition(
+        BACKUP_READY,
+        backups.ready == Readiness::True,
+        backups.reason,
+        backups.message,
+    );
+    if backups.ready == Readiness::Unknown {
+        backup.status = "Unknown".into();
+    }
 
     let phase = match step {
         Step::Paused => Phase::Paused,
@@ -159,7 +160,7 @@ pub fn compute(
             .and_then(|m| m.cluster_id)
             .map(|id| format!("{id:x}"))
             .or(previous.cluster_id),
-        last_backup: previous.last_backup,
+        last_backup: backups.last_backup,
         observed_generation: kvc.metadata.generation,
     }
 }
@@ -282,6 +283,7 @@ mod tests {
                     up_to_date: true,
                 })
                 .collect(),
+            backup_runs: Vec::new(),
         }
     }
 

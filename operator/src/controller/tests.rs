@@ -144,6 +144,7 @@ const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets/kv";
 const PODS: &str = "/api/v1/namespaces/prod/pods";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
 const STATUS: &str = "/apis/witan.io/v1alpha1/namespaces/prod/kvclusters/kv/status";
+const CRONJOB: &str = "/apis/batch/v1/namespaces/prod/cronjobs/kv-backup";
 
 fn existing_statefulset(replicas: i32) -> Value {
     let kvc = kvc(replicas);
@@ -210,6 +211,8 @@ async fn expect_fixed_children(server: &mut ApiServer, configmap: bool) -> Optio
         Reply::Echo,
     )
     .await;
+    // Without spec.backup the backup CronJob is deleted (if there is one).
+    expect(server, Method::DELETE, CRONJOB, Reply::NotFound).await;
     if configmap {
         Some(
             expect(
@@ -396,4 +399,173 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(backoff(4), Duration::from_secs(8));
     assert_eq!(backoff(30), Duration::from_secs(300));
     assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+}
+
+fn with_s3_backup(mut kvc: KvCluster) -> KvCluster {
+    kvc.spec.backup = Some(crate::crd::BackupSpec {
+        schedule: "*/30 * * * *".into(),
+        destination: crate::crd::BackupLocation {
+            pvc: None,
+            s3: Some(crate::crd::S3Location {
+                endpoint: "http://minio.storage:9000".into(),
+                bucket: "backups".into(),
+                prefix: Some("kv".into()),
+                region: None,
+                force_path_style: true,
+                credentials_secret_name: "s3-creds".into(),
+            }),
+        },
+        retention: 4,
+    });
+    kvc
+}
+
+/// A finished backup pod whose termination message is `message`.
+fn backup_pods(exit_code: i32, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+    "items": [{
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "kv-backup-29000000-abcde", "namespace": "prod",
+                     "labels": {"witan.io/backup-of": "kv"}},
+        "status": {"containerStatuses": [{
+            "name": "backup", "image": "witan-operator:test", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "message": message,
+                                     "finishedAt": "2026-01-02T03:05:00Z"}}
+        }]}
+    }]})
+}
+
+#[tokio::test]
+async fn a_kvcluster_with_backup_gets_its_cronjob_and_last_backup_from_the_finished_run() {
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members.clone());
+    let reconcile = tokio::spawn(reconcile(Arc::new(with_s3_backup(kvc(3))), ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    let report = crate::backup::report::Outcome::Stored(crate::backup::report::BackupReport {
+        time: "2026-01-02T03:04:05.678Z".into(),
+        revision: 77,
+        size: 2080,
+        location: "s3://backups/kv/kv-20260102T030405.678Z-rev77.witan-snapshot".into(),
+        sha256: "00".repeat(32),
+        pruned: vec![],
+    });
+    expect(
+        &mut server,
+        Method::GET,
+        PODS,
+        Reply::Json(backup_pods(0, &report.to_json())),
+    )
+    .await;
+    for path in [
+        "/api/v1/namespaces/prod/services/kv-peer",
+        "/api/v1/namespaces/prod/services/kv-client",
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/kv",
+    ] {
+        expect(&mut server, Method::PATCH, path, Reply::Echo).await;
+    }
+    let cronjob = expect(&mut server, Method::PATCH, CRONJOB, Reply::Echo).await;
+    assert_eq!(cronjob["kind"], "CronJob");
+    assert_eq!(
+        cronjob["metadata"]["ownerReferences"][0]["kind"],
+        "KvCluster"
+    );
+    assert_eq!(cronjob["spec"]["schedule"], "*/30 * * * *");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    let container = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], resources::cronjob::DEFAULT_BACKUP_IMAGE);
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--destination=s3://backups/kv"))
+    );
+    expect(
+        &mut server,
+        Method::PATCH,
+        "/api/v1/namespaces/prod/configmaps/kv-config",
+        Reply::Echo,
+    )
+    .await;
+    expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    let last = status
+        .last_backup
+        .expect("lastBackup from the termination message");
+    assert_eq!(last.revision, 77);
+    assert_eq!(last.size_bytes, 2080);
+    assert_eq!(
+        last.location,
+        "s3://backups/kv/kv-20260102T030405.678Z-rev77.witan-snapshot"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::BACKUP_READY)
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "BackupSucceeded")
+    );
+
+    reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn a_failed_backup_run_sets_backup_ready_false_with_the_error() {
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members);
+    let mut paused = with_s3_backup(kvc(3));
+    // Paused: no children are applied, so only the reads and the status remain.
+    paused.spec.paused = true;
+    let reconcile = tokio::spawn(reconcile(Arc::new(paused), ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    let failed = crate::backup::report::Outcome::Failed {
+        error: "uploading: access denied".into(),
+    };
+    expect(
+        &mut server,
+        Method::GET,
+        PODS,
+        Reply::Json(backup_pods(1, &failed.to_json())),
+    )
+    .await;
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.last_backup, None);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::BACKUP_READY)
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "BackupFailed");
+    assert_eq!(
+        ready.message,
+        "kv-backup-29000000-abcde: uploading: access denied"
+    );
+    reconcile.await.unwrap().expect("reconcile succeeds");
 }

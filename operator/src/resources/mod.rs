@@ -4,6 +4,7 @@
 
 pub mod client_service;
 pub mod configmap;
+pub mod cronjob;
 pub mod headless_service;
 pub mod pdb;
 pub mod statefulset;

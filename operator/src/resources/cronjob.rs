@@ -1,0 +1,381 @@
+//! The backup CronJob: on `spec.backup.schedule`, the operator's own image
+//! runs `witan-operator backup` against the client Service, storing the
+//! snapshot in the PVC or the S3 bucket and keeping `retention` copies.
+//! Owned by the KvCluster; the controller deletes it when `spec.backup` goes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
+    core::v1::{
+        Capabilities, Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource,
+        PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+        SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    },
+};
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta};
+
+use crate::{
+    backup::{CONTAINER, DEFAULT_TERMINATION_LOG},
+    crd::{BackupSpec, KvCluster},
+    error::Result,
+    names::{CLIENT_PORT, ClusterNames},
+    resources::{child_meta, statefulset::RUN_AS},
+};
+
+/// Where a PVC destination is mounted in the backup pod.
+pub const BACKUP_MOUNT: &str = "/var/lib/witan-backup";
+/// Label on the backup pods naming their KvCluster (the controller lists
+/// finished runs by it). Deliberately not the member selector labels: a
+/// backup pod must never be counted as, or routed to as, a member.
+pub const BACKUP_OF_LABEL: &str = "witan.io/backup-of";
+/// The image when the operator is not told its own.
+pub const DEFAULT_BACKUP_IMAGE: &str = concat!("witan-operator:", env!("CARGO_PKG_VERSION"));
+/// Keys of the S3 credentials Secret.
+pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// The CronJob's name.
+#[must_use]
+pub fn name(names: &ClusterNames) -> String {
+    format!("{}-backup", names.name)
+}
+
+/// Label selector of this cluster's backup pods.
+#[must_use]
+pub fn pod_selector(names: &ClusterNames) -> String {
+    format!("{BACKUP_OF_LABEL}={}", names.name)
+}
+
+/// The backup CronJob of `kvc` for `backup`, running `image`.
+pub fn build(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    backup: &BackupSpec,
+    image: &str,
+) -> Result<CronJob> {
+    let mut pod_labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "witan-backup".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), names.name.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "witan-operator".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "backup".to_string(),
+        ),
+    ]);
+    pod_labels.insert(BACKUP_OF_LABEL.into(), names.name.clone());
+
+    let mut args = vec![
+        "backup".to_string(),
+        format!(
+            "--endpoints=http://{}.{}.svc:{CLIENT_PORT}",
+            names.client_service(),
+            names.namespace
+        ),
+        format!("--cluster={}", names.name),
+        format!("--retention={}", backup.retention.max(1)),
+    ];
+    let mut env = Vec::new();
+    let mut volumes = Vec::new();
+    let mut volume_mounts = Vec::new();
+    if let Some(pvc) = &backup.destination.pvc {
+        volumes.push(Volume {
+            name: "backup".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+        // The kubelet validates subPath (relative, no `..`) and creates it.
+        volume_mounts.push(VolumeMount {
+            name: "backup".into(),
+            mount_path: BACKUP_MOUNT.into(),
+            sub_path: pvc.sub_path.clone().filter(|p| !p.is_empty()),
+            ..VolumeMount::default()
+        });
+        args.push(format!("--destination={BACKUP_MOUNT}"));
+    } else if let Some(s3) = &backup.destination.s3 {
+        let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+        args.push(if prefix.is_empty() {
+            format!("--destination=s3://{}", s3.bucket)
+        } else {
+            format!("--destination=s3://{}/{prefix}", s3.bucket)
+        });
+        args.push(format!("--s3-endpoint={}", s3.endpoint));
+        if let Some(region) = &s3.region {
+            args.push(format!("--s3-region={region}"));
+        }
+        if s3.force_path_style {
+            args.push("--s3-path-style".into());
+        }
+        for key in [ACCESS_KEY_ID, SECRET_ACCESS_KEY] {
+            env.push(EnvVar {
+                name: key.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: s3.credentials_secret_name.clone(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+        }
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(vec!["witan-operator".into()]),
+        args: Some(args),
+        env: (!env.is_empty()).then_some(env),
+        volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
+        termination_message_path: Some(DEFAULT_TERMINATION_LOG.into()),
+        // A crash before the JSON is written still leaves a reason.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    Ok(CronJob {
+        metadata: child_meta(kvc, names, name(names))?,
+        spec: Some(CronJobSpec {
+            schedule: backup.schedule.clone(),
+            // One snapshot at a time; a slow one delays the next, never
+            // overlaps it.
+            concurrency_policy: Some("Forbid".into()),
+            // A run missed by more than this (operator or control plane
+            // down) is skipped, not replayed in a burst.
+            starting_deadline_seconds: Some(300),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(2),
+                    active_deadline_seconds: Some(3600),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(pod_labels),
+                            ..ObjectMeta::default()
+                        }),
+                        spec: Some(PodSpec {
+                            containers: vec![container],
+                            restart_policy: Some("Never".into()),
+                            enable_service_links: Some(false),
+                            automount_service_account_token: Some(false),
+                            security_context: Some(PodSecurityContext {
+                                run_as_non_root: Some(true),
+                                run_as_user: Some(RUN_AS),
+                                run_as_group: Some(RUN_AS),
+                                fs_group: Some(RUN_AS),
+                                fs_group_change_policy: Some("OnRootMismatch".into()),
+                                seccomp_profile: Some(SeccompProfile {
+                                    type_: "RuntimeDefault".into(),
+                                    localhost_profile: None,
+                                }),
+                                ..PodSecurityContext::default()
+                            }),
+                            volumes: (!volumes.is_empty()).then_some(volumes),
+                            ..PodSpec::default()
+                        }),
+                    },
+                    ..JobSpec::default()
+                }),
+            },
+            ..CronJobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        crd::{BackupLocation, PvcLocation, S3Location},
+        resources::testing::{assert_owned, kvc},
+    };
+
+    fn pvc_backup() -> BackupSpec {
+        BackupSpec {
+            schedule: "0 */6 * * *".into(),
+            destination: BackupLocation {
+                pvc: Some(PvcLocation {
+                    claim_name: "kv-backups".into(),
+                    sub_path: Some("prod/kv".into()),
+                }),
+                s3: None,
+            },
+            retention: 5,
+        }
+    }
+
+    fn s3_backup() -> BackupSpec {
+        BackupSpec {
+            schedule: "@daily".into(),
+            destination: BackupLocation {
+                pvc: None,
+                s3: Some(S3Location {
+                    endpoint: "http://minio.storage:9000".into(),
+                    bucket: "backups".into(),
+                    prefix: Some("/prod/kv/".into()),
+                    region: Some("eu-west-1".into()),
+                    force_path_style: true,
+                    credentials_secret_name: "s3-creds".into(),
+                }),
+            },
+            retention: 3,
+        }
+    }
+
+    fn cronjob(backup: &BackupSpec) -> Value {
+        let kvc = kvc(3);
+        let names = ClusterNames::of(&kvc).unwrap();
+        serde_json::to_value(build(&kvc, &names, backup, "witan-operator:test").unwrap()).unwrap()
+    }
+
+    fn pod_spec(json: &Value) -> &Value {
+        &json["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    }
+
+    #[test]
+    fn the_cronjob_is_owned_scheduled_and_never_overlaps() {
+        let json = cronjob(&pvc_backup());
+        assert_owned(&json);
+        assert_eq!(json["metadata"]["name"], "kv-backup");
+        assert_eq!(json["spec"]["schedule"], "0 */6 * * *");
+        assert_eq!(json["spec"]["concurrencyPolicy"], "Forbid");
+        let pod = pod_spec(&json);
+        assert_eq!(pod["restartPolicy"], "Never");
+        let c = &pod["containers"][0];
+        assert_eq!(c["name"], "backup");
+        assert_eq!(c["image"], "witan-operator:test");
+        assert_eq!(c["command"], json!(["witan-operator"]));
+        assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let args = c["args"].as_array().unwrap();
+        assert_eq!(args[0], "backup");
+        assert!(args.contains(&json!("--endpoints=http://kv-client.prod.svc:2379")));
+        assert!(args.contains(&json!("--cluster=kv")));
+        assert!(args.contains(&json!("--retention=5")));
+    }
+
+    #[test]
+    fn backup_pods_are_not_selected_as_members() {
+        let json = cronjob(&pvc_backup());
+        let labels = &json["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels[BACKUP_OF_LABEL], "kv");
+        // The member selector is name=witan + instance=kv: must not match.
+        assert_eq!(labels["app.kubernetes.io/name"], "witan-backup");
+        let names = ClusterNames::of(&kvc(3)).unwrap();
+        assert_eq!(pod_selector(&names), "witan.io/backup-of=kv");
+    }
+
+    #[test]
+    fn a_pvc_destination_is_mounted_at_its_sub_path() {
+        let json = cronjob(&pvc_backup());
+        let pod = pod_spec(&json);
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "backup", "persistentVolumeClaim":
+                    {"claimName": "kv-backups", "readOnly": false}}])
+        );
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "backup", "mountPath": BACKUP_MOUNT, "subPath": "prod/kv"}])
+        );
+        assert!(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("--destination=/var/lib/witan-backup"))
+        );
+        assert!(c.get("env").is_none());
+    }
+
+    #[test]
+    fn an_s3_destination_gets_credentials_from_the_secret() {
+        let json = cronjob(&s3_backup());
+        let pod = pod_spec(&json);
+        assert!(pod.get("volumes").is_none());
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for expected in [
+            "--destination=s3://backups/prod/kv",
+            "--s3-endpoint=http://minio.storage:9000",
+            "--s3-region=eu-west-1",
+            "--s3-path-style",
+            "--retention=3",
+        ] {
+            assert!(args.contains(&expected), "{expected} in {args:?}");
+        }
+        // Secrets travel by reference, never as literal values.
+        assert_eq!(
+            c["env"],
+            json!([
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef":
+                    {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": false}}},
+                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef":
+                    {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": false}}}
+            ])
+        );
+    }
+
+    #[test]
+    fn the_backup_pod_meets_the_restricted_pod_security_standard() {
+        let json = cronjob(&s3_backup());
+        let pod = pod_spec(&json);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    }
+}
