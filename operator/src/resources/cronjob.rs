@@ -31,6 +31,8 @@ pub const BACKUP_MOUNT: &str = "/var/lib/witan-backup";
 pub const BACKUP_OF_LABEL: &str = "witan.io/backup-of";
 /// The image when the operator is not told its own.
 pub const DEFAULT_BACKUP_IMAGE: &str = concat!("witan-operator:", env!("CARGO_PKG_VERSION"));
+/// Where the operator image has its binary (the Dockerfile's ENTRYPOINT).
+pub const BINARY: &str = "/usr/local/bin/witan-operator";
 /// Keys of the S3 credentials Secret.
 pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
@@ -134,7 +136,7 @@ pub fn build(
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image.into()),
-        command: Some(vec!["witan-operator".into()]),
+        command: Some(vec![BINARY.into()]),
         args: Some(args),
         env: (!env.is_empty()).then_some(env),
         volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
@@ -285,7 +287,7 @@ mod tests {
         let c = &pod["containers"][0];
         assert_eq!(c["name"], "backup");
         assert_eq!(c["image"], "witan-operator:test");
-        assert_eq!(c["command"], json!(["witan-operator"]));
+        assert_eq!(c["command"], json!(["/usr/local/bin/witan-operator"]));
         assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
         let args = c["args"].as_array().unwrap();
