@@ -330,10 +330,25 @@ impl Cluster {
 
     /// Sends SIGTERM to member `i` (a graceful stop; its data dir stays).
     pub fn terminate(&mut self, i: usize) {
+        self.signal(i, "-TERM");
+    }
+
+    /// Freezes member `i` (SIGSTOP): it keeps its sockets but does nothing,
+    /// like a process starved of CPU or a VM paused.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a paused member run again (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
         let child = self.members[i].child.as_ref().expect("member is running");
         let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "sending SIGTERM to {pid}");
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "sending {signal} to {pid}");
     }
 
     /// Waits until member `i` exits on its own; returns how it exited.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use witan_tests::Cluster;
+use witan_tests::{Cluster, revision_of};
 
 #[test]
 fn move_leader_hands_leadership_to_the_chosen_member() {
@@ -74,4 +74,44 @@ fn a_leader_hands_over_before_it_exits_on_sigterm() {
     let new_leader = cluster.leader();
     assert_ne!(new_leader, leader);
     cluster.ctl(&["put", "k", "after"]);
+}
+
+/// Raft term and leader id as member `i` reports them.
+fn term_and_leader(cluster: &Cluster, i: usize) -> (u64, u64) {
+    let status = cluster.status(i);
+    let term = status["header"]["raft_term"].as_u64().expect("raft_term");
+    (term, status["leader"].as_u64().expect("leader"))
+}
+
+/// How long the follower stays frozen: several election timeouts (the
+/// suite runs with 500 ms), so its election timer has long run out.
+const PAUSE: Duration = Duration::from_millis(2_000);
+
+#[test]
+fn a_follower_back_from_a_pause_does_not_unseat_the_leader() {
+    // Without PreVote the resumed follower, having missed every heartbeat,
+    // would campaign at a higher term and depose a healthy leader.
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let before = term_and_leader(&cluster, leader);
+    cluster.pause(follower);
+    for i in 0..10 {
+        cluster.ctl_on(leader, &["put", &format!("during/{i}"), "x"]);
+    }
+    let revision = revision_of(&cluster.ctl_on(leader, &["get", "during/9", "-w", "json"]));
+    // The fault is the length of the pause, not a wait for something.
+    std::thread::sleep(PAUSE);
+    cluster.resume(follower);
+    cluster.wait_applied(follower, revision);
+    // The follower caught up without an election: same term, same leader,
+    // as every member reports it.
+    for i in 0..3 {
+        assert_eq!(
+            term_and_leader(&cluster, i),
+            before,
+            "member {i}\n{}",
+            cluster.logs()
+        );
+    }
 }

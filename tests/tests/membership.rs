@@ -165,46 +165,65 @@ fn a_follower_and_then_the_leader_are_removed_and_exit() {
 #[test]
 fn member_update_changes_peer_urls_and_refuses_bad_ones() {
     let cluster = Cluster::start(3);
-    let id = cluster.member_id(1);
-    let original = cluster.member(1).peer_url();
+    // A follower moves, and etcdctl talks to the leader: were the leader
+    // itself to move, followers could no longer reach it at its listed URL
+    // (as in etcd, the member must be restarted on the new URL).
+    let leader = cluster.leader();
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let other = (0..3)
+        .find(|&i| i != leader && i != follower)
+        .expect("a third");
+    let id = cluster.member_id(follower);
+    let original = cluster.member(follower).peer_url();
     let moved = "http://127.0.0.1:1";
-    cluster.ctl(&[
-        "member",
-        "update",
-        &hex(id),
-        &format!("--peer-urls={moved}"),
-    ]);
-    let listed = member_list(&cluster, &cluster.endpoint(0));
+    let at_leader = cluster.endpoint(leader);
+    cluster.ctl_on_endpoints(
+        &at_leader,
+        &[
+            "member",
+            "update",
+            &hex(id),
+            &format!("--peer-urls={moved}"),
+        ],
+    );
+    let listed = member_list(&cluster, &at_leader);
     let member = listed
         .iter()
         .find(|m| m["ID"].as_u64() == Some(id))
         .expect("updated member listed");
     assert_eq!(member["peerURLs"], serde_json::json!([moved]));
 
-    // Another member's URL is taken; a URL without a port is invalid.
-    let taken = cluster.member(2).peer_url();
-    let out = cluster.ctl_err(&[
-        "member",
-        "update",
-        &hex(id),
-        &format!("--peer-urls={taken}"),
-    ]);
+    // Another member's URL is taken; an unknown member is not found.
+    let taken = cluster.member(other).peer_url();
+    let out = cluster.expect_err(cluster.run(
+        &at_leader,
+        &[
+            "member",
+            "update",
+            &hex(id),
+            &format!("--peer-urls={taken}"),
+        ],
+        None,
+    ));
     assert!(
         out.error_line()
             .contains("etcdserver: Peer URLs already exists"),
         "{out}"
     );
-    let out = cluster.ctl_err(&["member", "remove", "abcdef"]);
+    let out = cluster.expect_err(cluster.run(&at_leader, &["member", "remove", "abcdef"], None));
     assert!(
         out.error_line().contains("etcdserver: member not found"),
         "{out}"
     );
 
-    cluster.ctl(&[
-        "member",
-        "update",
-        &hex(id),
-        &format!("--peer-urls={original}"),
-    ]);
-    cluster.ctl(&["put", "still", "works"]);
+    cluster.ctl_on_endpoints(
+        &at_leader,
+        &[
+            "member",
+            "update",
+            &hex(id),
+            &format!("--peer-urls={original}"),
+        ],
+    );
+    cluster.ctl_on_endpoints(&at_leader, &["put", "still", "works"]);
 }

@@ -3,6 +3,7 @@
 
 pub mod auto_compaction;
 pub mod committer;
+pub mod election;
 pub mod join;
 pub mod member;
 pub mod membership;

@@ -117,12 +117,20 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval_ms,
         election_timeout_min: config.election_timeout_ms,
-        election_timeout_max: config.election_timeout_ms * 2,
+        // openraft's own election timer is off (see `enable_elect` below);
+        // what remains of these two is the follower's leader lease, which
+        // is `election_timeout_max`. It must end when PreVote lets a
+        // candidate through (one election timeout of silence), or the
+        // real vote would be refused and the election lost.
+        election_timeout_max: config.election_timeout_ms + 1,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // etcd keeps 5000 entries after a snapshot so slow followers can
         // still catch up from the log.
         max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
         install_snapshot_timeout: 10_000,
+        // Elections start from `election::drive_elections`, after a
+        // PreVote round, never from openraft's own timer.
+        enable_elect: false,
         ..Default::default()
     };
     raft_config
@@ -303,6 +311,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     ));
     tasks.push(tokio::spawn(
         tasks::notice_removal(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        super::election::drive_elections(member.clone(), stop_rx.clone()).instrument(span.clone()),
     ));
     tracing::info!(parent: &span, client = ?client_addrs, peer = ?peer_addrs, "serving");
     Ok(RunningMember {

@@ -7,8 +7,8 @@
 //! 1. it holds new writes (refused as "not leader", which every member
 //!    retries on the next leader) and waits until the transferee has every
 //!    entry;
-//! 2. it asks the other voters to hold their elections, so that only the
-//!    transferee campaigns;
+//! 2. it asks the other voters to hold their elections (see `election`),
+//!    so that only the transferee campaigns;
 //! 3. it stops its heartbeats and asks the transferee to campaign. Once the
 //!    followers' leases run out they vote for it (its log is complete), and
 //!    the old leader follows on the first message of the higher term.
@@ -167,32 +167,23 @@ impl Member {
     }
 
     /// Starts no election of its own accord for `duration` (zero lifts the
-    /// hold). A later hold extends an earlier one.
-    pub fn hold_elections(self: &std::sync::Arc<Self>, duration: Duration) {
-        let until = Instant::now() + duration;
+    /// hold). The latest request wins.
+    pub fn hold_elections(&self, duration: Duration) {
+        let until = (!duration.is_zero()).then(|| Instant::now() + duration);
         *self
             .election_hold
             .until
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(until);
-        self.raft.runtime_config().elect(duration.is_zero());
-        if duration.is_zero() {
-            return;
-        }
-        let member = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            let mut hold = member
-                .election_hold
-                .until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // Only the newest hold lifts itself.
-            if hold.is_some_and(|u| u <= Instant::now()) {
-                *hold = None;
-                member.raft.runtime_config().elect(true);
-            }
-        });
+            .unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// Whether a hold asked for by a transferring leader still runs.
+    pub fn elections_held(&self) -> bool {
+        self.election_hold
+            .until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Campaigns until this member leads or `duration` passes. Followers

@@ -14,7 +14,7 @@ use crate::proto::witanpb::raft_server::Raft as RaftService;
 use crate::proto::witanpb::{
     CampaignRequest, CampaignResponse, ClusterMembersRequest, ClusterMembersResponse,
     HoldElectionsRequest, HoldElectionsResponse, MembershipChange, MembershipChangeResult,
-    RaftMessage,
+    PreVoteRequest, PreVoteResponse, RaftMessage,
 };
 
 pub struct PeerService {
@@ -103,5 +103,14 @@ impl RaftService for PeerService {
         self.member.hold_elections(std::time::Duration::ZERO);
         self.member.campaign(duration);
         Ok(Response::new(CampaignResponse {}))
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        Ok(Response::new(
+            self.member.answer_pre_vote(req.get_ref()).await,
+        ))
     }
 }

@@ -63,22 +63,7 @@ impl LogStore {
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, super::StorageError> {
-        let txn = self.store.db().begin_read()?;
-        let meta = txn.open_table(META)?;
-        let last_purged: Option<LogId> = meta_rmp(&meta, meta_key::LAST_PURGED)?;
-        let log = txn.open_table(RAFT_LOG)?;
-        let last = match log.last()? {
-            Some((_, raw)) => {
-                let entry: Entry = rmp_serde::from_slice(raw.value())
-                    .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
-                Some(entry.log_id)
-            }
-            None => last_purged,
-        };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        log_state(&self.store)
     }
 
     fn put_meta(
@@ -137,6 +122,32 @@ impl LogStore {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// The log's first and last ids as stored.
+fn log_state(store: &Store) -> Result<LogState<TypeConfig>, super::StorageError> {
+    let txn = store.db().begin_read()?;
+    let meta = txn.open_table(META)?;
+    let last_purged: Option<LogId> = meta_rmp(&meta, meta_key::LAST_PURGED)?;
+    let log = txn.open_table(RAFT_LOG)?;
+    let last = match log.last()? {
+        Some((_, raw)) => {
+            let entry: Entry = rmp_serde::from_slice(raw.value())
+                .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
+            Some(entry.log_id)
+        }
+        None => last_purged,
+    };
+    Ok(LogState {
+        last_purged_log_id: last_purged,
+        last_log_id: last,
+    })
+}
+
+/// The id of the last entry in the log (appended, maybe not yet durable),
+/// which is what a vote compares.
+pub fn last_log_id(store: &Store) -> Result<Option<LogId>, super::StorageError> {
+    Ok(log_state(store)?.last_log_id)
 }
 
 fn io_err(
