@@ -138,23 +138,40 @@ impl Committer {
     }
 
     /// This member's read index: the leader's commit point, confirmed by a
-    /// quorum.
+    /// quorum. A read changes nothing, so a leadership change in the middle
+    /// is simply tried again (until the request deadline), where etcd
+    /// leaves the retry to its client.
     pub async fn read_index(&self) -> Result<u64, EtcdError> {
-        match self.leader().await? {
-            Leadership::Me => self.read_index_as_leader().await,
-            Leadership::Other(_, node) => match self.forward(&node, FwdReq::ReadIndex(true)).await?
-            {
-                FwdResp::ReadIndex(index) => Ok(index),
-                _ => Err(EtcdError::Internal("unexpected forwarded answer".into())),
-            },
-            Leadership::Unknown => Err(EtcdError::NoLeader),
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let attempt = match self.leader().await? {
+                Leadership::Me => self.read_index_as_leader().await,
+                Leadership::Other(_, node) => {
+                    match self.forward(&node, FwdReq::ReadIndex(true)).await {
+                        Ok(FwdResp::ReadIndex(index)) => Ok(index),
+                        Ok(_) => Err(EtcdError::Internal("unexpected forwarded answer".into())),
+                        Err(e) => Err(e),
+                    }
+                }
+                Leadership::Unknown => Err(EtcdError::NoLeader),
+            };
+            match attempt {
+                Err(EtcdError::NotLeader | EtcdError::LeaderChanged)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    self.leadership_changed(deadline).await;
+                }
+                Err(EtcdError::NotLeader) => return Err(EtcdError::LeaderChanged),
+                other => return other,
+            }
         }
     }
 
     pub async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Err(RaftError::APIError(_)) => Err(EtcdError::LeaderChanged),
+            // Not (or no longer) the leader: the asker tries again.
+            Err(RaftError::APIError(_)) => Err(EtcdError::NotLeader),
             Err(RaftError::Fatal(_)) => Err(EtcdError::Stopped),
         }
     }
