@@ -14,22 +14,7 @@ fn change_voters_promotes_two_learners_at_once() {
     let mut cluster = Cluster::start_with(3, &["--max-learners", "2"]);
     let mut ids: BTreeSet<u64> = (0..3).map(|i| cluster.member_id(i)).collect();
     for name in ["node-4", "node-5"] {
-        let index = cluster.prepare_joining(name);
-        let peer_url = cluster.member(index).peer_url();
-        let added = json(&cluster.ctl_on(
-            0,
-            &[
-                "member",
-                "add",
-                name,
-                "--learner",
-                &format!("--peer-urls={peer_url}"),
-                "-w",
-                "json",
-            ],
-        ));
-        ids.insert(added["member"]["ID"].as_u64().expect("member id"));
-        cluster.spawn(index);
+        ids.insert(cluster.add_learner(name).1);
     }
     let endpoints = vec![cluster.member(0).client_url()];
     let api = EtcdMembers::default();

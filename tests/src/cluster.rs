@@ -322,6 +322,29 @@ impl Cluster {
         self.members.len() - 1
     }
 
+    /// Adds member `name` as a learner (`etcdctl member add --learner`
+    /// through member 0) and starts it; returns its index and member id.
+    /// It is not waited for: it catches up in the background.
+    pub fn add_learner(&mut self, name: &str) -> (usize, u64) {
+        let index = self.prepare_joining(name);
+        let peer_url = self.members[index].peer_url();
+        let added = crate::json(&self.ctl_on(
+            0,
+            &[
+                "member",
+                "add",
+                name,
+                "--learner",
+                &format!("--peer-urls={peer_url}"),
+                "-w",
+                "json",
+            ],
+        ));
+        let id = added["member"]["ID"].as_u64().expect("added member id");
+        self.spawn(index);
+        (index, id)
+    }
+
     /// Starts member `i` without waiting for it (a learner is never
     /// "healthy" to etcdctl, since it refuses linearizable reads).
     pub fn spawn(&mut self, i: usize) {

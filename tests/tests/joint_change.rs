@@ -12,7 +12,7 @@ use etcd_client::Client;
 use tokio::sync::Mutex;
 use witan_node::proto::witanpb::membership_client::MembershipClient;
 use witan_node::proto::witanpb::{ChangeVotersRequest, VotersRequest};
-use witan_tests::{Cluster, json, poll_until};
+use witan_tests::{Cluster, poll_until};
 
 /// How long a voter change may keep failing (a learner still catching up,
 /// an election) before the test fails.
@@ -59,26 +59,10 @@ fn three_voters_and_two_learners_become_five_voters_then_three_while_writing() {
     let original: Vec<u64> = (0..3).map(|i| cluster.member_id(i)).collect();
 
     // Two learners, added and started.
-    let mut learners = Vec::new();
-    for name in ["node-4", "node-5"] {
-        let index = cluster.prepare_joining(name);
-        let peer_url = cluster.member(index).peer_url();
-        let added = json(&cluster.ctl_on(
-            0,
-            &[
-                "member",
-                "add",
-                name,
-                "--learner",
-                &format!("--peer-urls={peer_url}"),
-                "-w",
-                "json",
-            ],
-        ));
-        let id = added["member"]["ID"].as_u64().expect("added member id");
-        cluster.spawn(index);
-        learners.push((index, id));
-    }
+    let learners: Vec<(usize, u64)> = ["node-4", "node-5"]
+        .iter()
+        .map(|name| cluster.add_learner(name))
+        .collect();
 
     // One member that stays a voter throughout carries the client traffic.
     let steady = cluster.endpoint(2);
