@@ -173,7 +173,8 @@ func (w *podWorker) start(c *container) error {
 	if err := os.WriteFile(specPath, data, 0o600); err != nil {
 		return err
 	}
-	logPath := filepath.Join(w.dir, "logs", c.spec.Name+".log")
+	// Logs live outside the pod's directory so that they outlive the pod.
+	logPath := filepath.Join(w.k.cfg.dir, "logs", filepath.Base(w.dir), c.spec.Name+".log")
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 )
 
@@ -36,7 +37,13 @@ func (k *kubelet) registerNode(ctx context.Context) error {
 	return k.updateNodeStatus(ctx)
 }
 
+// updateNodeStatus writes the Ready condition, retrying when the node
+// lifecycle controller changed the Node in between.
 func (k *kubelet) updateNodeStatus(ctx context.Context) error {
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error { return k.tryUpdateNodeStatus(ctx) })
+}
+
+func (k *kubelet) tryUpdateNodeStatus(ctx context.Context) error {
 	node, err := k.client.CoreV1().Nodes().Get(ctx, k.cfg.node, metav1.GetOptions{})
 	if err != nil {
 		return err

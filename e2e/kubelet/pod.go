@@ -35,7 +35,8 @@ type podWorker struct {
 
 	mu     sync.Mutex
 	latest *v1.Pod
-	gone   bool // deleted from the API
+	gone   bool   // deleted from the API
+	hostIP string // the pod IP once its /etc/hosts exists (refreshHosts may write it)
 
 	wake     chan struct{}
 	shutdown chan struct{}
@@ -86,9 +87,6 @@ func (w *podWorker) update(pod *v1.Pod, gone bool) {
 
 func (w *podWorker) stopForShutdown() {
 	w.once.Do(func() { close(w.shutdown) })
-	for _, c := range w.containers {
-		c.kill(shutdownGrace)
-	}
 	<-w.done
 }
 
@@ -100,6 +98,12 @@ func (w *podWorker) run() {
 	for {
 		select {
 		case <-w.shutdown:
+			var wg sync.WaitGroup
+			for _, c := range w.containers {
+				wg.Add(1)
+				go func() { defer wg.Done(); c.kill(shutdownGrace) }()
+			}
+			wg.Wait()
 			w.cleanup()
 			return
 		case <-w.wake:
@@ -225,6 +229,9 @@ func (w *podWorker) terminate(gone bool) {
 }
 
 func (w *podWorker) cleanup() {
+	w.mu.Lock()
+	w.hostIP = "" // refreshHosts must not recreate what is removed below
+	w.mu.Unlock()
 	for _, c := range w.containers {
 		c.kill(0)
 	}

@@ -58,6 +58,12 @@ func (w *podWorker) prepare() error {
 		return err
 	}
 	w.volumes = volumes
+	if err := os.WriteFile(filepath.Join(etc, "hosts"), nil, 0o644); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.hostIP = ip
+	w.mu.Unlock()
 	if err := w.writeHosts(w.k.dnsRecords()); err != nil {
 		return err
 	}
@@ -69,11 +75,13 @@ func (w *podWorker) prepare() error {
 // writeHosts rewrites the pod's /etc/hosts in place (a bind mount follows
 // the inode, so the file is truncated and written, never replaced).
 func (w *podWorker) writeHosts(records []dnsRecord) error {
-	if w.ip == "" {
+	w.mu.Lock()
+	defer w.mu.Unlock() // one writer at a time: the worker and refreshHosts
+	if w.hostIP == "" {
 		return nil
 	}
 	path := filepath.Join(w.dir, "etc", "hosts")
-	content := hostsFile(w.latestPod(), w.ip, records)
+	content := hostsFile(w.latest, w.hostIP, records)
 	if old, err := os.ReadFile(path); err == nil && string(old) == content {
 		return nil
 	}
