@@ -127,7 +127,7 @@ sample_voters() {
 
 scale_to() { # replicas
     kubectl -n kv scale kvc/kv --replicas="$1" >/dev/null || return 1
-    kubectl -n kv wait --for=jsonpath='{.status.readyReplicas}'="$1" kvc/kv --timeout=240s >/dev/null || return 1
+    kubectl -n kv wait --for=jsonpath='{.status.readyReplicas}'="$1" kvc/kv --timeout=120s >/dev/null || return 1
     kubectl -n kv wait --for=condition=Available kvc/kv --timeout=60s >/dev/null || return 1
     local deadline=$((SECONDS + 120))
     until [ "$(voters "$(pod_ip kv-0)")" = "$1" ]; do

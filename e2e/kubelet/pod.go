@@ -43,18 +43,19 @@ type podWorker struct {
 	done     chan struct{} // closed when run has returned
 	once     sync.Once
 
-	pod        *v1.Pod // the worker's copy for this sync
-	dir        string
-	ip         string
-	netns      string
-	prepared   bool
-	prepareErr string
-	mounts     []bind // the pod's volumes, by mount
-	volumes    map[string]volume
-	containers []*container
-	startTime  *metav1.Time
-	written    *v1.PodStatus
-	conditions map[v1.PodConditionType]v1.PodCondition
+	pod         *v1.Pod // the worker's copy for this sync
+	dir         string
+	ip          string
+	netns       string
+	prepared    bool
+	terminating bool
+	prepareErr  string
+	mounts      []bind // the pod's volumes, by mount
+	volumes     map[string]volume
+	containers  []*container
+	startTime   *metav1.Time
+	written     *v1.PodStatus
+	conditions  map[v1.PodConditionType]v1.PodCondition
 }
 
 func newPodWorker(k *kubelet, pod *v1.Pod) *podWorker {
@@ -179,6 +180,9 @@ func (w *podWorker) syncContainer(c *container) {
 }
 
 func (w *podWorker) shouldRestart(c *container) bool {
+	if w.terminating {
+		return false // a pod being deleted ends Succeeded or Failed, as with a kubelet
+	}
 	switch w.pod.Spec.RestartPolicy {
 	case v1.RestartPolicyNever:
 		return false
@@ -202,6 +206,7 @@ func (w *podWorker) terminate(gone bool) {
 	if gone {
 		grace = 2 * time.Second // force-deleted: the API no longer waits for us
 	}
+	w.terminating = true
 	log.Printf("%s: terminating (grace %s)", w.key(), grace)
 	var wg sync.WaitGroup
 	for _, c := range w.containers {
