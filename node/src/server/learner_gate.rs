@@ -14,12 +14,14 @@ use crate::error::EtcdError;
 use crate::node::Member;
 
 /// Calls a learner may serve. `KV.Range` checks `serializable` itself,
-/// since the gate does not read request bodies.
+/// since the gate does not read request bodies. witan's own Membership
+/// API is not etcd's to restrict: a learner hands it to the leader like
+/// any member, so a client (the operator) may send it to any endpoint.
 fn allowed_for_learner(path: &str) -> bool {
     matches!(
         path,
         "/etcdserverpb.Maintenance/Status" | "/etcdserverpb.KV/Range"
-    )
+    ) || path.starts_with("/witanpb.Membership/")
 }
 
 pub async fn refuse_for_learner(
@@ -41,6 +43,8 @@ mod tests {
     fn learners_serve_status_and_range_only() {
         assert!(allowed_for_learner("/etcdserverpb.Maintenance/Status"));
         assert!(allowed_for_learner("/etcdserverpb.KV/Range"));
+        assert!(allowed_for_learner("/witanpb.Membership/ChangeVoters"));
+        assert!(allowed_for_learner("/witanpb.Membership/Voters"));
         for path in [
             "/etcdserverpb.KV/Put",
             "/etcdserverpb.Watch/Watch",

@@ -150,6 +150,10 @@ fn spread_across_nodes(names: &ClusterNames) -> TopologySpreadConstraint {
     }
 }
 
+/// Learners a member accepts at once: enough for the largest step up
+/// (1 -> 9 members).
+const MAX_LEARNERS: u32 = 8;
+
 fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
     let env_value = |name: &str, value: String| EnvVar {
         name: name.into(),
@@ -191,6 +195,10 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
             "WITAN_INITIAL_ADVERTISE_PEER_URLS",
             format!("http://{host}:{PEER_PORT}"),
         ),
+        // The operator adds every new member as a learner before one joint
+        // change promotes them all: growing 1 -> 9 adds 8 at once, where
+        // witan (like etcd) allows 1 by default.
+        env_value("WITAN_MAX_LEARNERS", MAX_LEARNERS.to_string()),
     ];
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -430,6 +438,10 @@ mod tests {
         assert_eq!(env["WITAN_LISTEN_CLIENT_URLS"], "http://0.0.0.0:2379");
         assert_eq!(env["WITAN_LISTEN_PEER_URLS"], "http://0.0.0.0:2380");
         assert_eq!(env["WITAN_DATA_DIR"], "/var/lib/witan/data");
+        assert_eq!(
+            env["WITAN_MAX_LEARNERS"], "8",
+            "room for 1 -> 9 in one step"
+        );
         // WITAN_NAME must precede the variables that expand it.
         let first = &json["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"];
         assert_eq!(first, "WITAN_NAME");
