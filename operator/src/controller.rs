@@ -325,7 +325,7 @@ async fn apply_children(
         apply(
             &Api::<StatefulSet>::namespaced(client.clone(), ns),
             &names.statefulset(),
-            &resources::statefulset::build(kvc, names, replicas)?,
+            &resources::statefulset::build(kvc, names, replicas, &ctx.backup_image)?,
         )
         .await?;
     }

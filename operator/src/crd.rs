@@ -237,15 +237,28 @@ pub struct BootstrapSpec {
     pub restore: Option<RestoreSpec>,
 }
 
-/// The backup a new cluster starts from (same keys and revisions).
+/// The backup a new cluster starts from (same keys and revisions). Only
+/// founding members with an empty data dir restore it; members that have
+/// data, or join later, never do (docs/backup.md).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSpec {
     /// Where the backup is stored.
     pub source: BackupLocation,
-    /// The backup's file name (object key below the prefix, or file in the PVC).
+    /// The backup's file name (object key below the prefix, or file in the
+    /// PVC), or `latest`: the newest backup of `sourceCluster` taken before
+    /// this KvCluster was created.
+    #[x_kube(validation = Rule::new("self == 'latest' || (self != '' && self != '.' && self != '..' && !self.contains('/'))").message("name must be a backup's file name (no '/') or latest"))]
     pub name: String,
+    /// The cluster whose backups `latest` chooses among (backups are named
+    /// `<cluster>-<time>-rev<revision>.witan-snapshot`); this KvCluster's
+    /// name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster: Option<String>,
 }
+
+/// `RestoreSpec::name` that picks the newest backup.
+pub const LATEST: &str = "latest";
 
 /// What the operator last saw of the cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -8,6 +8,8 @@
 //! operator's Lease). This crate must not depend on `witan-node`: it
 //! talks to members over the public etcd v3 API only. `backup` is what the
 //! backup CronJob runs (`witan-operator backup`): snapshot, upload, prune.
+//! `restore` is what the member pods' init containers run for
+//! `spec.bootstrap.restore` (`witan-operator restore-fetch|restore-apply`).
 
 pub mod backup;
 pub mod controller;
@@ -20,6 +22,7 @@ pub mod names;
 pub mod observed;
 pub mod planner;
 pub mod resources;
+pub mod restore;
 pub mod status;
 
 pub use crate::error::{Error, Result};

@@ -1,7 +1,8 @@
 //! `witan-operator`: watches KvCluster resources and reconciles them; serves
 //! `/metrics` and `/healthz`. `witan-operator backup ...` takes one backup
-//! (what the backup CronJob runs). Flags parse here; everything else is the
-//! library.
+//! (what the backup CronJob runs); `restore-fetch` and `restore-apply` are
+//! the member pods' restore init containers. Flags parse here; everything
+//! else is the library.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -73,6 +74,10 @@ struct Config {
 enum Command {
     /// Take one snapshot of a cluster, store it, prune old ones.
     Backup(witan_operator::backup::BackupArgs),
+    /// Restore init container, step 1: fetch and check a member's backup.
+    RestoreFetch(witan_operator::restore::FetchArgs),
+    /// Restore init container, step 2: run `witan snapshot restore` on it.
+    RestoreApply(witan_operator::restore::ApplyArgs),
 }
 
 impl Config {
@@ -151,10 +156,23 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(Command::Backup(args)) = &config.command {
-        init_tracing();
-        witan_operator::backup::run(args).await?;
-        return Ok(());
+    match &config.command {
+        Some(Command::Backup(args)) => {
+            init_tracing();
+            witan_operator::backup::run(args).await?;
+            return Ok(());
+        }
+        Some(Command::RestoreFetch(args)) => {
+            init_tracing();
+            witan_operator::restore::fetch(args).await?;
+            return Ok(());
+        }
+        Some(Command::RestoreApply(args)) => {
+            init_tracing();
+            witan_operator::restore::apply(args)?;
+            return Ok(());
+        }
+        None => {}
     }
     let lease = config.lease()?;
     let watch_namespace = config.watch_namespace();

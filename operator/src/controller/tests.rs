@@ -149,9 +149,16 @@ const CRONJOB: &str = "/apis/batch/v1/namespaces/prod/cronjobs/kv-backup";
 fn existing_statefulset(replicas: i32) -> Value {
     let kvc = kvc(replicas);
     let names = ClusterNames::of(&kvc).unwrap();
-    let mut sts =
-        serde_json::to_value(resources::statefulset::build(&kvc, &names, replicas).unwrap())
-            .unwrap();
+    let mut sts = serde_json::to_value(
+        resources::statefulset::build(
+            &kvc,
+            &names,
+            replicas,
+            resources::cronjob::DEFAULT_BACKUP_IMAGE,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     sts["status"] = json!({"replicas": replicas, "updateRevision": "kv-r1"});
     sts
 }

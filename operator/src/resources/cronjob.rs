@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Ob
 
 use crate::{
     backup::{CONTAINER, DEFAULT_TERMINATION_LOG},
-    crd::{BackupSpec, KvCluster},
+    crd::{BackupLocation, BackupSpec, KvCluster},
     error::Result,
     names::{CLIENT_PORT, ClusterNames},
     resources::{child_meta, statefulset::RUN_AS},
@@ -83,55 +83,12 @@ pub fn build(
         format!("--cluster={}", names.name),
         format!("--retention={}", backup.retention.max(1)),
     ];
-    let mut env = Vec::new();
-    let mut volumes = Vec::new();
-    let mut volume_mounts = Vec::new();
-    if let Some(pvc) = &backup.destination.pvc {
-        volumes.push(Volume {
-            name: "backup".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc.claim_name.clone(),
-                read_only: Some(false),
-            }),
-            ..Volume::default()
-        });
-        // The kubelet validates subPath (relative, no `..`) and creates it.
-        volume_mounts.push(VolumeMount {
-            name: "backup".into(),
-            mount_path: BACKUP_MOUNT.into(),
-            sub_path: pvc.sub_path.clone().filter(|p| !p.is_empty()),
-            ..VolumeMount::default()
-        });
-        args.push(format!("--destination={BACKUP_MOUNT}"));
-    } else if let Some(s3) = &backup.destination.s3 {
-        let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
-        args.push(if prefix.is_empty() {
-            format!("--destination=s3://{}", s3.bucket)
-        } else {
-            format!("--destination=s3://{}/{prefix}", s3.bucket)
-        });
-        args.push(format!("--s3-endpoint={}", s3.endpoint));
-        if let Some(region) = &s3.region {
-            args.push(format!("--s3-region={region}"));
-        }
-        if s3.force_path_style {
-            args.push("--s3-path-style".into());
-        }
-        for key in [ACCESS_KEY_ID, SECRET_ACCESS_KEY] {
-            env.push(EnvVar {
-                name: key.into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: s3.credentials_secret_name.clone(),
-                        key: key.into(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-            });
-        }
-    }
+    let parts = location_parts(&backup.destination, false);
+    args.push(format!("--destination={}", parts.target));
+    args.extend(parts.s3_args);
+    let env = parts.env;
+    let volumes: Vec<Volume> = parts.volume.into_iter().collect();
+    let volume_mounts: Vec<VolumeMount> = parts.mount.into_iter().collect();
 
     let container = Container {
         name: CONTAINER.into(),
@@ -223,13 +180,83 @@ pub fn build(
     })
 }
 
+/// How a pod reaches a backup location: the `--destination`/`--source`
+/// value, the S3 flags, the credentials (by reference) and, for a PVC, the
+/// volume and its mount at [`BACKUP_MOUNT`].
+pub(crate) struct LocationParts {
+    pub target: String,
+    pub s3_args: Vec<String>,
+    pub env: Vec<EnvVar>,
+    pub volume: Option<Volume>,
+    pub mount: Option<VolumeMount>,
+}
+
+/// [`LocationParts`] of `location`; a PVC is mounted read-only when asked.
+pub(crate) fn location_parts(location: &BackupLocation, read_only: bool) -> LocationParts {
+    let mut parts = LocationParts {
+        target: String::new(),
+        s3_args: Vec::new(),
+        env: Vec::new(),
+        volume: None,
+        mount: None,
+    };
+    if let Some(pvc) = &location.pvc {
+        parts.volume = Some(Volume {
+            name: "backup".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(read_only),
+            }),
+            ..Volume::default()
+        });
+        // The kubelet validates subPath (relative, no `..`) and creates it.
+        parts.mount = Some(VolumeMount {
+            name: "backup".into(),
+            mount_path: BACKUP_MOUNT.into(),
+            sub_path: pvc.sub_path.clone().filter(|p| !p.is_empty()),
+            read_only: read_only.then_some(true),
+            ..VolumeMount::default()
+        });
+        parts.target = BACKUP_MOUNT.into();
+    } else if let Some(s3) = &location.s3 {
+        let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+        parts.target = if prefix.is_empty() {
+            format!("s3://{}", s3.bucket)
+        } else {
+            format!("s3://{}/{prefix}", s3.bucket)
+        };
+        parts.s3_args.push(format!("--s3-endpoint={}", s3.endpoint));
+        if let Some(region) = &s3.region {
+            parts.s3_args.push(format!("--s3-region={region}"));
+        }
+        if s3.force_path_style {
+            parts.s3_args.push("--s3-path-style".into());
+        }
+        for key in [ACCESS_KEY_ID, SECRET_ACCESS_KEY] {
+            parts.env.push(EnvVar {
+                name: key.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: s3.credentials_secret_name.clone(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+        }
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
     use crate::{
-        crd::{BackupLocation, PvcLocation, S3Location},
+        crd::{PvcLocation, S3Location},
         resources::testing::{assert_owned, kvc},
     };
 

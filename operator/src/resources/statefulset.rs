@@ -11,24 +11,28 @@ use k8s_openapi::{
             StatefulSetUpdateStrategy,
         },
         core::v1::{
-            Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, SeccompProfile, SecurityContext, TopologySpreadConstraint,
-            Volume, VolumeMount, VolumeResourceRequirements,
+            Capabilities, ConfigMapEnvSource, ConfigMapKeySelector, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
+            ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+            VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
+        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
 
 use crate::{
-    crd::{KvCluster, VolumePolicy},
+    backup::DEFAULT_TERMINATION_LOG,
+    crd::{KvCluster, LATEST, RestoreSpec, VolumePolicy},
     error::Result,
     names::{CLIENT_PORT, ClusterNames, PEER_PORT, image},
-    resources::child_meta,
+    resources::{child_meta, cronjob},
+    restore::{self, argv},
 };
 
 /// Where each member's volume is mounted; the data dir lives below it.
@@ -38,9 +42,20 @@ pub const DATA_MOUNT: &str = "/var/lib/witan";
 pub const DATA_DIR: &str = "/var/lib/witan/data";
 /// The non-root user and group of the witan image.
 pub const RUN_AS: i64 = 65532;
+/// The emptyDir the restore init containers share.
+pub const RESTORE_VOLUME: &str = "restore";
 
-/// The member StatefulSet with `replicas` pods.
-pub fn build(kvc: &KvCluster, names: &ClusterNames, replicas: i32) -> Result<StatefulSet> {
+/// Where the node image has `witan` (the Dockerfile's ENTRYPOINT).
+pub const WITAN_BINARY: &str = "/usr/local/bin/witan";
+
+/// The member StatefulSet with `replicas` pods. `operator_image` runs the
+/// restore fetch step when `spec.bootstrap.restore` is set.
+pub fn build(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    replicas: i32,
+    operator_image: &str,
+) -> Result<StatefulSet> {
     let spec = &kvc.spec;
     let mut pod_labels = names.labels();
     pod_labels.insert("witan.io/cluster".into(), names.name.clone());
@@ -84,7 +99,7 @@ pub fn build(kvc: &KvCluster, names: &ClusterNames, replicas: i32) -> Result<Sta
                     labels: Some(pod_labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec(kvc, names)),
+                spec: Some(pod_spec(kvc, names, operator_image)),
             },
             volume_claim_templates: Some(vec![volume_claim_template(kvc)]),
             ..StatefulSetSpec::default()
@@ -93,7 +108,7 @@ pub fn build(kvc: &KvCluster, names: &ClusterNames, replicas: i32) -> Result<Sta
     })
 }
 
-fn pod_spec(kvc: &KvCluster, names: &ClusterNames) -> PodSpec {
+fn pod_spec(kvc: &KvCluster, names: &ClusterNames, operator_image: &str) -> PodSpec {
     let placement = &kvc.spec.placement;
     let topology_spread_constraints =
         match (&placement.topology_spread_constraints, &placement.affinity) {
@@ -102,7 +117,18 @@ fn pod_spec(kvc: &KvCluster, names: &ClusterNames) -> PodSpec {
             (None, Some(_)) => None,
             (None, None) => Some(vec![spread_across_nodes(names)]),
         };
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let restore = kvc.spec.bootstrap.as_ref().and_then(|b| b.restore.as_ref());
+    let init_containers = restore.map(|restore| {
+        volumes.extend(restore_volumes(restore));
+        restore_init_containers(kvc, names, restore, operator_image)
+    });
     PodSpec {
+        init_containers,
         containers: vec![container(kvc, names)],
         // Service links would inject `<SERVICE>_PORT`-style variables; a
         // Service named `witan-...` would then produce `WITAN_*` variables
@@ -126,11 +152,7 @@ fn pod_spec(kvc: &KvCluster, names: &ClusterNames) -> PodSpec {
         affinity: placement.affinity.clone(),
         topology_spread_constraints,
         termination_grace_period_seconds: Some(30),
-        volumes: Some(vec![Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     }
 }
@@ -154,7 +176,9 @@ fn spread_across_nodes(names: &ClusterNames) -> TopologySpreadConstraint {
 /// (1 -> 9 members).
 const MAX_LEARNERS: u32 = 8;
 
-fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
+/// The member's identity and URLs as `WITAN_*` variables: `WITAN_NAME`
+/// from the pod name first, so the others can expand it.
+fn member_env(names: &ClusterNames) -> Vec<EnvVar> {
     let env_value = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -166,7 +190,7 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
         names.headless_service(),
         names.namespace
     );
-    let env = vec![
+    vec![
         EnvVar {
             name: "WITAN_NAME".into(),
             value: None,
@@ -199,7 +223,42 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
         // change promotes them all: growing 1 -> 9 adds 8 at once, where
         // witan (like etcd) allows 1 by default.
         env_value("WITAN_MAX_LEARNERS", MAX_LEARNERS.to_string()),
-    ];
+    ]
+}
+
+/// `--initial-cluster`, `--initial-cluster-state`, `--initial-cluster-token`
+/// from the cluster's ConfigMap.
+fn configmap_env(names: &ClusterNames) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: names.configmap(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }]
+}
+
+/// The `restricted` Pod Security Standard, for every container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
+    let env = member_env(names);
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -217,13 +276,7 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
         args: (!kvc.spec.extra_flags.is_empty()).then(|| kvc.spec.extra_flags.clone()),
         env: Some(env),
         // --initial-cluster, --initial-cluster-state, --initial-cluster-token.
-        env_from: Some(vec![EnvFromSource {
-            config_map_ref: Some(ConfigMapEnvSource {
-                name: names.configmap(),
-                optional: Some(false),
-            }),
-            ..EnvFromSource::default()
-        }]),
+        env_from: Some(configmap_env(names)),
         ports: Some(vec![
             ContainerPort {
                 name: Some("client".into()),
@@ -242,21 +295,7 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
         // Not ready without a leader or while a learner (see the node's /readyz).
         readiness_probe: Some(probe("/readyz", 5, 2)),
         resources: kvc.spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".into(),
@@ -271,6 +310,131 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
         ]),
         ..Container::default()
     }
+}
+
+/// The volumes the restore steps add: the shared work dir and, for a PVC
+/// source, the backups' claim.
+fn restore_volumes(restore: &RestoreSpec) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: RESTORE_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    volumes.extend(cronjob::location_parts(&restore.source, true).volume);
+    volumes
+}
+
+/// The two restore init containers (see `crate::restore`): fetch in the
+/// operator image, then `witan snapshot restore` in the member's image,
+/// run by the operator binary the first step left in the work dir (the
+/// node image has no shell to make it conditional).
+fn restore_init_containers(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    restore: &RestoreSpec,
+    operator_image: &str,
+) -> Vec<Container> {
+    let source = cronjob::location_parts(&restore.source, true);
+    let mut args = vec![
+        "restore-fetch".to_string(),
+        format!("--source={}", source.target),
+        format!("--backup={}", restore.name),
+    ];
+    if restore.name == LATEST {
+        args.push(format!(
+            "--source-cluster={}",
+            restore.source_cluster.as_deref().unwrap_or(&names.name)
+        ));
+        // Every member chooses among the same backups, whenever it starts.
+        if let Some(created) = &kvc.metadata.creation_timestamp {
+            args.push(format!("--not-after={}", created.0));
+        }
+    }
+    args.extend([
+        format!("--data-dir={DATA_DIR}"),
+        format!("--work-dir={}", restore::WORK_DIR),
+    ]);
+    args.extend(source.s3_args);
+    let mut env = source.env;
+    env.push(EnvVar {
+        name: "WITAN_INITIAL_CLUSTER_STATE".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: names.configmap(),
+                key: "WITAN_INITIAL_CLUSTER_STATE".into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    });
+    let work_mount = VolumeMount {
+        name: RESTORE_VOLUME.into(),
+        mount_path: restore::WORK_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let data_mount = |read_only: bool| VolumeMount {
+        name: "data".into(),
+        mount_path: DATA_MOUNT.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    };
+    let mut fetch_mounts = vec![data_mount(true), work_mount.clone()];
+    fetch_mounts.extend(source.mount);
+    let fetch = Container {
+        name: restore::FETCH_CONTAINER.into(),
+        image: Some(operator_image.into()),
+        command: Some(vec![cronjob::BINARY.into()]),
+        args: Some(args),
+        env: Some(env),
+        volume_mounts: Some(fetch_mounts),
+        termination_message_path: Some(DEFAULT_TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(restricted()),
+        ..Container::default()
+    };
+
+    let mut apply_args = vec![
+        "restore-apply".to_string(),
+        format!("--work-dir={}", restore::WORK_DIR),
+        "--".to_string(),
+    ];
+    apply_args.extend(argv::witan_restore(
+        WITAN_BINARY,
+        &format!("{}/{}", restore::WORK_DIR, restore::SNAPSHOT_FILE),
+        DATA_DIR,
+        &argv::MemberFlags::from_pod_env(),
+    ));
+    let apply = Container {
+        name: restore::APPLY_CONTAINER.into(),
+        image: Some(image(kvc)),
+        command: Some(vec![format!(
+            "{}/{}",
+            restore::WORK_DIR,
+            restore::BINARY_IN_WORK_DIR
+        )]),
+        args: Some(apply_args),
+        // The same identity and URLs as the member container: the data dir
+        // is built for exactly the member that will run it.
+        env: Some(member_env(names)),
+        env_from: Some(configmap_env(names)),
+        volume_mounts: Some(vec![data_mount(false), work_mount]),
+        termination_message_path: Some(DEFAULT_TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // `witan snapshot restore` holds the snapshot in memory: size it
+        // like the member.
+        resources: kvc.spec.resources.clone(),
+        security_context: Some(restricted()),
+        ..Container::default()
+    };
+    vec![fetch, apply]
 }
 
 fn volume_claim_template(kvc: &KvCluster) -> PersistentVolumeClaim {
@@ -304,11 +468,14 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::resources::testing::{assert_owned, kvc};
+    use crate::{
+        crd::{BackupLocation, BootstrapSpec, PvcLocation, S3Location},
+        resources::testing::{assert_owned, kvc},
+    };
 
     fn sts_json(kvc: &KvCluster, replicas: i32) -> Value {
         let names = ClusterNames::of(kvc).unwrap();
-        serde_json::to_value(build(kvc, &names, replicas).unwrap()).unwrap()
+        serde_json::to_value(build(kvc, &names, replicas, "witan-operator:test").unwrap()).unwrap()
     }
 
     fn env(json: &Value) -> BTreeMap<String, Value> {
@@ -501,5 +668,205 @@ mod tests {
             "witan:0.2.0"
         );
         assert_eq!(json["spec"]["replicas"], 1);
+    }
+    fn restoring(name: &str, source: BackupLocation) -> KvCluster {
+        let mut kvc = kvc(3);
+        kvc.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-02T03:04:05Z".parse().unwrap(),
+            ));
+        kvc.spec.bootstrap = Some(BootstrapSpec {
+            restore: Some(RestoreSpec {
+                source,
+                name: name.into(),
+                source_cluster: None,
+            }),
+        });
+        kvc
+    }
+
+    fn s3_source() -> BackupLocation {
+        BackupLocation {
+            pvc: None,
+            s3: Some(S3Location {
+                endpoint: "http://minio:9000".into(),
+                bucket: "backups".into(),
+                prefix: Some("prod/kv".into()),
+                region: None,
+                force_path_style: true,
+                credentials_secret_name: "s3-creds".into(),
+            }),
+        }
+    }
+
+    fn strings(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn without_restore_there_are_no_init_containers() {
+        let json = sts_json(&kvc(3), 3);
+        assert!(
+            json["spec"]["template"]["spec"]
+                .get("initContainers")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn restore_fetches_in_the_operator_image_then_restores_in_the_member_image() {
+        let mut kvc = restoring("kv-20260101T000000.000Z-rev7.witan-snapshot", s3_source());
+        kvc.spec.image = Some("registry.example/witan:dev".into());
+        let json = sts_json(&kvc, 3);
+        let pod = &json["spec"]["template"]["spec"];
+        let init = pod["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 2);
+        let (fetch, apply) = (&init[0], &init[1]);
+
+        assert_eq!(fetch["name"], "restore-fetch");
+        assert_eq!(fetch["image"], "witan-operator:test");
+        assert_eq!(fetch["command"], json!(["/usr/local/bin/witan-operator"]));
+        assert_eq!(
+            strings(&fetch["args"]),
+            [
+                "restore-fetch",
+                "--source=s3://backups/prod/kv",
+                "--backup=kv-20260101T000000.000Z-rev7.witan-snapshot",
+                "--data-dir=/var/lib/witan/data",
+                "--work-dir=/var/lib/witan-restore",
+                "--s3-endpoint=http://minio:9000",
+                "--s3-path-style",
+            ]
+        );
+        // Credentials by reference; the decision reads the ConfigMap's state.
+        let env = fetch["env"].as_array().unwrap();
+        assert_eq!(env[0]["valueFrom"]["secretKeyRef"]["name"], "s3-creds");
+        assert_eq!(env[1]["name"], "AWS_SECRET_ACCESS_KEY");
+        assert_eq!(
+            env[2],
+            json!({"name": "WITAN_INITIAL_CLUSTER_STATE", "valueFrom": {"configMapKeyRef":
+                {"name": "kv-config", "key": "WITAN_INITIAL_CLUSTER_STATE", "optional": false}}})
+        );
+        // It only looks at the data dir.
+        assert_eq!(
+            fetch["volumeMounts"],
+            json!([
+                {"name": "data", "mountPath": "/var/lib/witan", "readOnly": true},
+                {"name": "restore", "mountPath": "/var/lib/witan-restore"}
+            ])
+        );
+        assert_eq!(fetch["terminationMessagePolicy"], "FallbackToLogsOnError");
+
+        assert_eq!(apply["name"], "restore");
+        assert_eq!(apply["image"], "registry.example/witan:dev");
+        assert_eq!(
+            apply["command"],
+            json!(["/var/lib/witan-restore/bin/witan-operator"])
+        );
+        assert_eq!(
+            strings(&apply["args"]),
+            [
+                "restore-apply",
+                "--work-dir=/var/lib/witan-restore",
+                "--",
+                "/usr/local/bin/witan",
+                "snapshot",
+                "restore",
+                "/var/lib/witan-restore/backup.witan-snapshot",
+                "--data-dir",
+                "/var/lib/witan/data",
+                "--name",
+                "$(WITAN_NAME)",
+                "--initial-cluster",
+                "$(WITAN_INITIAL_CLUSTER)",
+                "--initial-advertise-peer-urls",
+                "$(WITAN_INITIAL_ADVERTISE_PEER_URLS)",
+                "--initial-cluster-token",
+                "$(WITAN_INITIAL_CLUSTER_TOKEN)",
+            ]
+        );
+        // The variables the args refer to are the member container's own.
+        let main = &pod["containers"][0];
+        assert_eq!(apply["env"], main["env"]);
+        assert_eq!(apply["envFrom"], main["envFrom"]);
+        assert_eq!(
+            apply["volumeMounts"],
+            json!([
+                {"name": "data", "mountPath": "/var/lib/witan"},
+                {"name": "restore", "mountPath": "/var/lib/witan-restore"}
+            ])
+        );
+        for c in init {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["allowPrivilegeEscalation"], false);
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        }
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert_eq!(volumes[1], json!({"name": "restore", "emptyDir": {}}));
+        assert_eq!(volumes.len(), 2);
+    }
+
+    #[test]
+    fn latest_is_bounded_by_the_clusters_creation_and_a_pvc_is_mounted_read_only() {
+        let mut kvc = restoring(
+            "latest",
+            BackupLocation {
+                pvc: Some(PvcLocation {
+                    claim_name: "kv-backups".into(),
+                    sub_path: Some("prod".into()),
+                }),
+                s3: None,
+            },
+        );
+        let json = sts_json(&kvc, 3);
+        let pod = &json["spec"]["template"]["spec"];
+        let fetch = &pod["initContainers"][0];
+        assert_eq!(
+            strings(&fetch["args"])[..5],
+            [
+                "restore-fetch",
+                "--source=/var/lib/witan-backup",
+                "--backup=latest",
+                "--source-cluster=kv",
+                "--not-after=2026-01-02T03:04:05Z",
+            ]
+        );
+        assert_eq!(
+            fetch["volumeMounts"][2],
+            json!({"name": "backup", "mountPath": "/var/lib/witan-backup",
+                   "subPath": "prod", "readOnly": true})
+        );
+        assert_eq!(
+            pod["volumes"][2],
+            json!({"name": "backup", "persistentVolumeClaim":
+                   {"claimName": "kv-backups", "readOnly": true}})
+        );
+        // Only the fetch step sees the backups.
+        assert_eq!(
+            pod["initContainers"][1]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+
+        kvc.spec
+            .bootstrap
+            .as_mut()
+            .unwrap()
+            .restore
+            .as_mut()
+            .unwrap()
+            .source_cluster = Some("old-kv".into());
+        let json = sts_json(&kvc, 3);
+        assert!(
+            strings(&json["spec"]["template"]["spec"]["initContainers"][0]["args"])
+                .contains(&"--source-cluster=old-kv")
+        );
     }
 }
