@@ -163,6 +163,9 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(&kvc, &names, &observed, &step, &now);
+    if let Some((type_, reason, note)) = restore_event(&kvc, &new_status) {
+        publish_note(&ctx, &kvc, type_, &reason, note).await;
+    }
     let kvcs: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let patch = json!({
         "apiVersion": KvCluster::api_version(&()),
@@ -276,6 +279,16 @@ async fn observe(
         membership,
         pods,
         backup_runs: Vec::new(),
+        restore_runs: if kvc
+            .spec
+            .bootstrap
+            .as_ref()
+            .is_some_and(|b| b.restore.is_some())
+        {
+            crate::restore::observe::runs_from_pods(&listed.items)
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -421,12 +434,45 @@ async fn execute(
 /// Publish an Event on the KvCluster. A failure to publish is logged, never
 /// fatal: the step itself already happened.
 async fn publish(ctx: &Context, kvc: &KvCluster, type_: EventType, step: &Step, note: String) {
+    publish_note(ctx, kvc, type_, status::step_reason(step), note).await;
+}
+
+/// An Event when the `Restored` condition changes to `True` or `False`.
+fn restore_event(
+    kvc: &KvCluster,
+    new_status: &crate::crd::KvClusterStatus,
+) -> Option<(EventType, String, String)> {
+    let find = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == status::RESTORED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let now = find(&new_status.conditions)?;
+    let before = kvc.status.as_ref().and_then(|s| find(&s.conditions));
+    if before.as_ref() == Some(&now) {
+        return None;
+    }
+    match now.0.as_str() {
+        "True" => Some((EventType::Normal, now.1, now.2)),
+        "False" => Some((EventType::Warning, now.1, now.2)),
+        _ => None,
+    }
+}
+
+async fn publish_note(
+    ctx: &Context,
+    kvc: &KvCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_,
-        reason: status::step_reason(step).into(),
+        reason: reason.into(),
         note: Some(note),
-        action: status::step_reason(step).into(),
+        action: reason.into(),
         secondary: None,
     };
     if let Err(error) = recorder.publish(&event, &kvc.object_ref(&())).await {

@@ -83,6 +83,9 @@ pub struct Observed {
     pub pods: Vec<ObservedPod>,
     /// Finished runs of the backup CronJob (empty without `spec.backup`).
     pub backup_runs: Vec<crate::backup::observe::BackupRun>,
+    /// What the member pods' restore init containers last reported (empty
+    /// without `spec.bootstrap.restore`).
+    pub restore_runs: Vec<crate::restore::observe::RestoreRun>,
 }
 
 impl Observed {

@@ -435,6 +435,7 @@ mod tests {
                 cluster_id: Some(7),
             }),
             backup_runs: Vec::new(),
+            restore_runs: Vec::new(),
         }
     }
 

@@ -16,6 +16,8 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const BACKUP_READY: &str = "BackupReady";
+/// Only with `spec.bootstrap.restore`.
+pub const RESTORED: &str = "Restored";
 
 /// The status to write after taking `step` on `observed`, at time `now`.
 #[must_use]
@@ -135,8 +137,18 @@ pub fn compute(
         _ => Phase::Scaling,
     };
 
+    let restored = kvc
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.restore.as_ref())
+        .map(|_| restored_condition(&previous.conditions, &observed.restore_runs));
+
     let mut conditions = Vec::new();
-    for mut c in [available_condition, progressing, degraded, backup] {
+    for mut c in [available_condition, progressing, degraded, backup]
+        .into_iter()
+        .chain(restored)
+    {
         // Keep the transition time while the condition's status holds.
         c.last_transition_time = previous
             .conditions
@@ -163,6 +175,29 @@ pub fn compute(
         last_backup: backups.last_backup,
         observed_generation: kvc.metadata.generation,
     }
+}
+
+/// `Restored` from the restore init containers; what was written before
+/// when they say nothing new (their pods were replaced since and only
+/// skipped, or have not run their init containers yet).
+fn restored_condition(
+    previous: &[Condition],
+    runs: &[crate::restore::observe::RestoreRun],
+) -> Condition {
+    let state = crate::restore::observe::state(runs).filter(|s| s.status != "Unknown");
+    if state.is_none()
+        && let Some(before) = previous.iter().find(|c| c.type_ == RESTORED)
+    {
+        return before.clone();
+    }
+    let state = state.unwrap_or(crate::restore::observe::RestoreState {
+        status: "Unknown",
+        reason: "RestorePending",
+        message: "no member has restored yet".into(),
+    });
+    let mut c = condition(RESTORED, false, state.reason, state.message);
+    c.status = state.status.into();
+    c
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
@@ -284,6 +319,7 @@ mod tests {
                 })
                 .collect(),
             backup_runs: Vec::new(),
+            restore_runs: Vec::new(),
         }
     }
 
@@ -428,5 +464,97 @@ mod tests {
         );
         assert_eq!(status.cluster_id.as_deref(), Some("beef"));
         assert_eq!(status.phase, Some(Phase::Unavailable));
+    }
+    fn restoring() -> KvCluster {
+        let mut kvc = kvc(3);
+        kvc.spec.bootstrap = Some(crate::crd::BootstrapSpec {
+            restore: Some(crate::crd::RestoreSpec {
+                source: crate::crd::BackupLocation {
+                    pvc: None,
+                    s3: Some(crate::crd::S3Location {
+                        endpoint: "http://s3".into(),
+                        bucket: "b".into(),
+                        prefix: None,
+                        region: None,
+                        force_path_style: true,
+                        credentials_secret_name: "c".into(),
+                    }),
+                },
+                name: "latest".into(),
+                source_cluster: None,
+            }),
+        });
+        kvc
+    }
+
+    fn restore_run(
+        pod: &str,
+        outcome: &crate::restore::report::RestoreOutcome,
+    ) -> crate::restore::observe::RestoreRun {
+        crate::restore::observe::RestoreRun {
+            pod: pod.into(),
+            container: crate::restore::APPLY_CONTAINER.into(),
+            exit_code: 0,
+            message: outcome.to_json(),
+        }
+    }
+
+    #[test]
+    fn restored_is_reported_only_for_a_restore_and_survives_the_pods() {
+        use crate::restore::report::{Fetched, RestoreOutcome};
+        let obs = observed(vec![
+            member(0, true, true),
+            member(1, false, true),
+            member(2, false, true),
+        ]);
+        let plain = kvc(3);
+        let names = ClusterNames::of(&plain).unwrap();
+        let status = compute(&plain, &names, &obs, &Step::Converged, &at(100));
+        assert!(status.conditions.iter().all(|c| c.type_ != RESTORED));
+
+        let mut kvc = restoring();
+        let status = compute(&kvc, &names, &obs, &Step::Converged, &at(100));
+        let pending = find(&status, RESTORED);
+        assert_eq!(
+            (pending.status.as_str(), pending.reason.as_str()),
+            ("Unknown", "RestorePending")
+        );
+
+        let mut obs = obs;
+        let restored = RestoreOutcome::Restored {
+            backup: Fetched {
+                location: "s3://b/kv-x".into(),
+                size: 1056,
+                sha256: "ab".repeat(32),
+            },
+            revision: Some(42),
+        };
+        obs.restore_runs = (0..3)
+            .map(|i| restore_run(&format!("kv-{i}"), &restored))
+            .collect();
+        let status = compute(&kvc, &names, &obs, &Step::Converged, &at(200));
+        let done = find(&status, RESTORED).clone();
+        assert_eq!(done.status, "True");
+        assert_eq!(done.reason, "Restored");
+        assert!(
+            done.message
+                .starts_with("kv-0, kv-1, kv-2 restored s3://b/kv-x at revision 42")
+        );
+        assert_eq!(done.last_transition_time, at(200));
+
+        // Later the pods are replaced: their init containers only skip, or
+        // are gone. The condition stands as written.
+        kvc.status = Some(status);
+        obs.restore_runs = vec![restore_run(
+            "kv-1",
+            &RestoreOutcome::Skipped {
+                reason: "data".into(),
+            },
+        )];
+        let status = compute(&kvc, &names, &obs, &Step::Converged, &at(300));
+        assert_eq!(find(&status, RESTORED), &done);
+        obs.restore_runs.clear();
+        let status = compute(&kvc, &names, &obs, &Step::Converged, &at(400));
+        assert_eq!(find(&status, RESTORED), &done);
     }
 }
