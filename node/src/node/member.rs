@@ -102,6 +102,12 @@ impl Member {
 
     /// Waits until a local read is linearizable (ReadIndex).
     pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        // PLANTED BUG (feature `stale-follower-read`, robustness suite
+        // only): a follower answers from its own state without ReadIndex.
+        #[cfg(feature = "stale-follower-read")]
+        if !matches!(self.committer.leadership(), Leadership::Me) {
+            return Ok(());
+        }
         self.barrier.wait().await
     }
 

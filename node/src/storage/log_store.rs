@@ -214,6 +214,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         match inline(|| self.append_entries(entries)) {
+            // PLANTED BUG (feature `ack-before-fsync`, robustness suite
+            // only): report the append durable while it is not, and never
+            // fsync it. A crash then loses acknowledged writes.
+            #[cfg(feature = "ack-before-fsync")]
+            Ok(()) => {
+                let _not_flushed = &self.flusher;
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            #[cfg(not(feature = "ack-before-fsync"))]
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {
                     // The flusher only ends when every sender is gone, so
