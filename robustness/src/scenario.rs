@@ -1,0 +1,287 @@
+//! One run: a fresh cluster, traffic, one fault, the final state, the
+//! check, and a report folder on a violation.
+//!
+//! Everything random (the fault, its target and durations, each client's
+//! requests and each watcher's offsets) comes from the run's seed, so
+//! `--seed N` replays the same fault and the same request mix. The timing
+//! of real processes is not replayable; the schedule is.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use witan_tests::Cluster;
+
+use crate::checker::{self, Verdict};
+use crate::history::{FinalState, History, Kv};
+use crate::nemesis::Fault;
+use crate::report;
+use crate::traffic::{self, Recorder, TrafficConfig, kv_of};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// One of [`crate::nemesis::KINDS`]; random from the seed when `None`.
+    pub fault: Option<String>,
+    pub traffic: TrafficConfig,
+    /// Successful operations before the fault (etcd's "minimal QPS reached"),
+    /// and after it heals.
+    pub ops_before: usize,
+    pub ops_after: usize,
+    /// Bound on each of those two phases.
+    pub phase_limit: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            fault: None,
+            traffic: TrafficConfig::default(),
+            ops_before: 200,
+            ops_after: 200,
+            phase_limit: Duration::from_secs(20),
+        }
+    }
+}
+
+pub struct RunResult {
+    pub seed: u64,
+    pub fault: Fault,
+    pub did: String,
+    pub verdict: Verdict,
+    pub ops_per_sec: f64,
+    /// Median latency of the operations that succeeded.
+    pub p50_ms: f64,
+    pub report: Option<PathBuf>,
+}
+
+impl RunResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "seed={} fault=\"{}\" ops={} ({:.0} ops/s, p50 {:.1} ms) watch_events={} \
+             violations={} lost_acked_writes={}",
+            self.seed,
+            self.did,
+            self.verdict.ops,
+            self.ops_per_sec,
+            self.p50_ms,
+            self.verdict.watch_events,
+            self.verdict.violations.len(),
+            self.verdict.lost_acked_writes
+        )
+    }
+}
+
+fn wait_acked(recorder: &Recorder, at_least: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while recorder.acked.load(Ordering::Relaxed) < at_least && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn read_prefix(
+    url: &str,
+    prefix: &str,
+    serializable: bool,
+) -> Result<(i64, Vec<Kv>), String> {
+    let mut client = traffic::connect(url, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut options = GetOptions::new().with_prefix();
+    if serializable {
+        options = options.with_serializable();
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.get(prefix, Some(options)))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    Ok((revision, resp.kvs().iter().map(kv_of).collect()))
+}
+
+/// The final linearizable read, then every member's own (serializable)
+/// view once it has applied that revision.
+async fn final_state(urls: &[String], prefix: &str, recorder: &Recorder) -> Option<FinalState> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut last = String::new();
+        for url in urls {
+            let at = recorder.now();
+            match read_prefix(url, prefix, false).await {
+                Ok((revision, kvs)) => return Some(finish(urls, prefix, at, revision, kvs).await),
+                Err(e) => last = e,
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!("final read failed on every member: {last}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn finish(urls: &[String], prefix: &str, at: u64, revision: i64, kvs: Vec<Kv>) -> FinalState {
+    let mut members = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match read_prefix(url, prefix, true).await {
+                Ok((r, kvs)) if r >= revision || Instant::now() >= deadline => {
+                    members.push((i, r, kvs));
+                    break;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("member {i}: final serializable read failed: {e}");
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    FinalState {
+        revision,
+        kvs,
+        at,
+        members,
+    }
+}
+
+/// One run with `seed`.
+pub fn run(seed: u64, options: &RunOptions) -> RunResult {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let fault = match &options.fault {
+        Some(kind) => Fault::of_kind(kind, &mut rng).unwrap_or_else(|| {
+            panic!("unknown fault {kind:?}; known: {:?}", crate::nemesis::KINDS)
+        }),
+        None => Fault::random(&mut rng),
+    };
+    eprintln!("robustness run: seed={seed} fault={fault:?}");
+    let mut cluster = Cluster::start(fault.members());
+    let urls: Vec<String> = cluster.members().iter().map(|m| m.client_url()).collect();
+    let cfg = options.traffic.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (start_revision, existing) = rt
+        .block_on(read_prefix(&urls[0], &cfg.prefix, false))
+        .unwrap_or_else(|e| panic!("reading the start revision: {e}\n{}", cluster.logs()));
+    assert!(
+        existing.is_empty(),
+        "a fresh cluster holds keys under {}",
+        cfg.prefix
+    );
+
+    let recorder = Arc::new(Recorder::new(start_revision));
+    let started = Instant::now();
+    let witness = rt.spawn(traffic::watch_loop(
+        999,
+        urls.clone(),
+        cfg.prefix.clone(),
+        start_revision + 1,
+        None,
+        recorder.clone(),
+    ));
+    let mut clients = Vec::new();
+    for c in 0..cfg.clients {
+        let member = c % urls.len();
+        clients.push(rt.spawn(traffic::client_loop(
+            c,
+            member,
+            urls[member].clone(),
+            cfg.clone(),
+            seed,
+            recorder.clone(),
+        )));
+    }
+    let mut watchers = Vec::new();
+    for w in 0..cfg.watchers {
+        watchers.push(rt.spawn(traffic::watcher_loop(
+            w,
+            urls.clone(),
+            cfg.clone(),
+            seed,
+            recorder.clone(),
+        )));
+    }
+
+    wait_acked(&recorder, options.ops_before, options.phase_limit);
+    let did = fault.inject(&mut cluster, &mut rng);
+    let healed = recorder.acked.load(Ordering::Relaxed);
+    wait_acked(&recorder, healed + options.ops_after, options.phase_limit);
+    recorder.stop_clients.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for c in clients {
+            let _ = c.await;
+        }
+    });
+    let traffic_secs = started.elapsed().as_secs_f64();
+    let final_state = rt.block_on(final_state(&urls, &cfg.prefix, &recorder));
+    // Let the witness catch up to the final revision, then stop watching.
+    if let Some(f) = &final_state {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recorder.witness_upto.load(Ordering::Relaxed) < f.revision
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    recorder.stop_watches.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        let _ = witness.await;
+        for w in watchers {
+            let _ = w.await;
+        }
+    });
+    let (ops, watches) = recorder.take();
+    let ops_per_sec = ops.len() as f64 / traffic_secs;
+    let mut latencies: Vec<u64> = ops
+        .iter()
+        .filter_map(|op| op.ret.map(|r| r - op.invoke))
+        .collect();
+    latencies.sort_unstable();
+    let p50_ms = latencies
+        .get(latencies.len() / 2)
+        .map_or(0.0, |&ns| ns as f64 / 1e6);
+    let history = History {
+        prefix: cfg.prefix.clone(),
+        start_revision,
+        ops,
+        watches,
+        final_state,
+    };
+    let verdict = checker::check(&history);
+    let mut result = RunResult {
+        seed,
+        fault,
+        did,
+        verdict,
+        ops_per_sec,
+        p50_ms,
+        report: None,
+    };
+    if !result.verdict.ok() {
+        let logs: Vec<(String, PathBuf)> = cluster
+            .members()
+            .iter()
+            .map(|m| (m.name.clone(), m.log_path().to_path_buf()))
+            .collect();
+        match report::write(
+            &format!("seed-{seed}"),
+            &result.summary(),
+            &history,
+            &result.verdict,
+            &logs,
+        ) {
+            Ok(dir) => result.report = Some(dir),
+            Err(e) => eprintln!("writing the report failed: {e}"),
+        }
+    }
+    drop(cluster);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
