@@ -42,8 +42,8 @@ impl Default for TrafficConfig {
     fn default() -> Self {
         TrafficConfig {
             prefix: "rob/".into(),
-            clients: 20,
-            rate: 200,
+            clients: 32,
+            rate: 240,
             keys: 8,
             request_timeout: Duration::from_secs(1),
             watchers: 2,
