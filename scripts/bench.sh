@@ -222,6 +222,7 @@ cleanup() {
     rm -rf "$scratch"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # The flags both systems share and that mean the same in both.
 common_flags=(--heartbeat-interval 100 --election-timeout 1000 --snapshot-count 10000
@@ -314,7 +315,7 @@ bench() {
     local scenario=$1 raw
     shift
     raw=$out/raw/$scenario.$cluster_sys.r$round.txt
-    if ! "$BENCHMARK_BIN" --endpoints="$endpoints" "$@" >"$raw" 2>&1; then
+    if ! "$BENCHMARK_BIN" --precise --endpoints="$endpoints" "$@" >"$raw" 2>&1; then
         say "benchmark failed for $scenario on $cluster_sys; see $raw"
         record "$scenario" failed 1
         return 0
