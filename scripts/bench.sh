@@ -84,7 +84,7 @@ done
 declare -A total=(
     [put_1]=4000 [put_64]=40000 [put_256]=60000 [txn_put_64]=40000
     [range_lin_1]=8000 [range_lin_64]=100000 [range_ser_64]=100000
-    [range_1000_keys]=3000 [watch_10k]=100 [lease_keepalive]=60000
+    [range_1000_keys]=3000 [watch_10k]=20 [lease_keepalive]=60000
 )
 if ((quick)); then
     total[put_1]=1500 total[put_64]=10000 total[range_lin_64]=25000
@@ -196,6 +196,7 @@ fi
 # it takes no part in any timed request.
 command -v etcdctl >/dev/null 2>&1 || apt_install etcd-client >&2
 command -v jq >/dev/null 2>&1 || apt_install jq >&2
+command -v curl >/dev/null 2>&1 || apt_install curl >&2
 command -v python3 >/dev/null 2>&1 || apt_install python3 >&2
 export ETCDCTL_API=3
 
@@ -212,10 +213,12 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/witan-bench.XXXXXX")
 port_base=${BENCH_PORT_BASE:-21000}
 cluster_seq=0
 declare -a member_pid=()
+bench_pid=""
 cluster_sys="" endpoints="" data=""
 
 cleanup() {
     local pid
+    [ -z "$bench_pid" ] || kill -TERM "$bench_pid" 2>/dev/null || true
     for pid in "${member_pid[@]}"; do
         [ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null || true
     done
@@ -315,7 +318,11 @@ bench() {
     local scenario=$1 raw
     shift
     raw=$out/raw/$scenario.$cluster_sys.r$round.txt
-    if ! "$BENCHMARK_BIN" --precise --endpoints="$endpoints" "$@" >"$raw" 2>&1; then
+    # In the background so INT/TERM are handled at once (bash runs traps
+    # only between foreground commands); cleanup stops it.
+    "$BENCHMARK_BIN" --precise --endpoints="$endpoints" "$@" >"$raw" 2>&1 &
+    bench_pid=$!
+    if ! wait "$bench_pid"; then
         say "benchmark failed for $scenario on $cluster_sys; see $raw"
         record "$scenario" failed 1
         return 0
@@ -334,6 +341,35 @@ bench() {
     if grep -q "Error distribution" "$raw"; then
         say "$scenario on $cluster_sys: some requests failed; see $raw"
     fi
+}
+
+# wal_fsync INDEX: "sum count" of etcd_disk_wal_fsync_duration_seconds on
+# member INDEX (both systems export it under etcd's name).
+wal_fsync() {
+    curl -s --max-time 5 "http://127.0.0.1:$(client_port "$1")/metrics" |
+        awk '/^etcd_disk_wal_fsync_duration_seconds_sum/ { s = $2 }
+             /^etcd_disk_wal_fsync_duration_seconds_count/ { c = $2 }
+             END { print (s == "" ? 0 : s), (c == "" ? 0 : c) }'
+}
+
+# bench_writes SCENARIO TOTAL ARGS...: bench, plus the leader's WAL fsyncs
+# during the run: how many, their mean time, and requests per fsync (how
+# well group commit shares one fsync among concurrent writes).
+bench_writes() {
+    local scenario=$1 n=$2 leader s0 c0 s1 c1
+    shift 2
+    leader=$(leader_index)
+    read -r s0 c0 < <(wal_fsync "$leader")
+    bench "$scenario" "$@"
+    read -r s1 c1 < <(wal_fsync "$leader")
+    awk -v s0="$s0" -v c0="$c0" -v s1="$s1" -v c1="$c1" -v n="$n" -v r="$round" \
+        -v sc="$scenario" -v sys="$cluster_sys" 'BEGIN {
+            c = c1 - c0
+            if (c <= 0) exit
+            printf "%s\t%s\t%s\tleader_fsyncs\t%d\n", r, sc, sys, c
+            printf "%s\t%s\t%s\tfsync_mean_ms\t%.4f\n", r, sc, sys, (s1 - s0) * 1000 / c
+            printf "%s\t%s\t%s\twrites_per_fsync\t%.2f\n", r, sc, sys, n / c
+        }' >>"$results"
 }
 
 value256=$(printf 'v%.0s' $(seq 256))
@@ -397,10 +433,10 @@ run_scenario() { # scenario (on the current cluster)
     local s=$1 t=""
     if [ -n "${total[$s]:-}" ]; then t=$(scaled "$s"); fi
     case $s in
-    put_1) bench "$s" --target-leader --clients 1 --conns 1 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
-    put_64) bench "$s" --target-leader --clients 64 --conns 16 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
-    put_256) bench "$s" --target-leader --clients 256 --conns 64 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
-    txn_put_64) bench "$s" --target-leader --clients 64 --conns 16 txn-put --key-size 8 --val-size 256 --key-space-size 100000 --txn-ops 1 --total "$t" ;;
+    put_1) bench_writes "$s" "$t" --target-leader --clients 1 --conns 1 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
+    put_64) bench_writes "$s" "$t" --target-leader --clients 64 --conns 16 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
+    put_256) bench_writes "$s" "$t" --target-leader --clients 256 --conns 64 put --key-size 8 --val-size 256 --key-space-size 100000 --total "$t" ;;
+    txn_put_64) bench_writes "$s" "$t" --target-leader --clients 64 --conns 16 txn-put --key-size 8 --val-size 256 --key-space-size 100000 --txn-ops 1 --total "$t" ;;
     range_lin_1 | range_lin_64 | range_ser_64)
         local c=1 n=1 consistency=l
         [ "$s" = range_lin_1 ] || { c=64; n=16; }
@@ -414,7 +450,7 @@ run_scenario() { # scenario (on the current cluster)
         ;;
     watch_10k)
         bench "$s" --clients 100 --conns 10 watch-latency --streams 100 --watchers-per-stream 100 \
-            --put-rate 10 --put-total "$t" --key-size 8 --val-size 256
+            --put-rate 2 --put-total "$t" --key-size 8 --val-size 256
         ;;
     lease_keepalive) bench "$s" --clients 64 --conns 16 lease-keepalive --total "$t" ;;
     esac

@@ -31,7 +31,10 @@ PRIMARY = {
 # Scenarios whose target is also stated on p99: they get `ratio_p99` too.
 ALSO_P99 = {"put_1", "range_lin_1", "watch_10k"}
 # What "better" means for the primary figure, for the table's verdict column.
-HIGHER_IS_BETTER = {"rps"}
+HIGHER_IS_BETTER = {"rps", "writes_per_fsync"}
+# Figures shown for insight where a run has them (the leader's WAL fsyncs
+# during the write scenarios); no target is set on them.
+DIAGNOSTIC = ("fsync_mean_ms", "writes_per_fsync")
 
 
 def read_meta(path):
@@ -108,6 +111,7 @@ def table(scenarios):
             figures.append("p99_ms")
         if name == "rss_1m_keys":
             figures.append("disk_mb")
+        figures += [d for d in DIAGNOSTIC if d in entry["witan"] and d in entry["etcd"]]
         for fig in figures:
             r = ratio(entry, fig)
             better = "-"
