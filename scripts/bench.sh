@@ -311,12 +311,14 @@ record() { # scenario metric value
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$1" "$cluster_sys" "$2" "$3" >>"$results"
 }
 
-# bench SCENARIO ARGS...: runs etcd's benchmark tool against the cluster and
-# records requests/s and the p50/p99 latency (ms) it reports (the last report
-# in its output, which for watch-latency is the watch events' report).
+# bench SCENARIO REQUESTS ARGS...: runs etcd's benchmark tool against the
+# cluster and records requests/s and the p50/p99 latency (ms) it reports (the
+# last report in its output, which for watch-latency is the watch events'
+# report), and, when REQUESTS > 0, the CPU time all 3 members used per request.
 bench() {
-    local scenario=$1 raw
-    shift
+    local scenario=$1 requests=$2 raw cpu0 cpu1
+    shift 2
+    cpu0=$(members_cpu_ticks)
     raw=$out/raw/$scenario.$cluster_sys.r$round.txt
     # In the background so INT/TERM are handled at once (bash runs traps
     # only between foreground commands); cleanup stops it.
@@ -326,6 +328,11 @@ bench() {
         say "benchmark failed for $scenario on $cluster_sys; see $raw"
         record "$scenario" failed 1
         return 0
+    fi
+    cpu1=$(members_cpu_ticks)
+    if ((requests > 0)); then
+        record "$scenario" server_cpu_us_per_req "$(awk -v d=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" \
+            -v n="$requests" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
     fi
     tr '\r' '\n' <"$raw" | awk -v s="$scenario" -v sys="$cluster_sys" -v r="$round" '
         /Requests\/sec:/ { rps = $2 }
@@ -341,6 +348,18 @@ bench() {
     if grep -q "Error distribution" "$raw"; then
         say "$scenario on $cluster_sys: some requests failed; see $raw"
     fi
+}
+
+# members_cpu_ticks: user+system CPU ticks used so far by the 3 members.
+members_cpu_ticks() {
+    local i t=0 v
+    for i in 0 1 2; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that
+        # ends the command name.
+        v=$(sed 's/.*) //' "/proc/${member_pid[$i]}/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
 }
 
 # wal_fsync INDEX: "sum count" of etcd_disk_wal_fsync_duration_seconds on
@@ -360,7 +379,7 @@ bench_writes() {
     shift 2
     leader=$(leader_index)
     read -r s0 c0 < <(wal_fsync "$leader")
-    bench "$scenario" "$@"
+    bench "$scenario" "$n" "$@"
     read -r s1 c1 < <(wal_fsync "$leader")
     awk -v s0="$s0" -v c0="$c0" -v s1="$s1" -v c1="$c1" -v n="$n" -v r="$round" \
         -v sc="$scenario" -v sys="$cluster_sys" 'BEGIN {
@@ -402,7 +421,7 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # longest step of the run.
 loaded_scenarios() { # rss? restart?
     local want_rss=$1 want_restart=$2 n=$keys follower t0 ep
-    bench load_1m_keys --target-leader --clients 256 --conns 64 put --sequential-keys \
+    bench load_1m_keys "$n" --target-leader --clients 256 --conns 64 put --sequential-keys \
         --key-size 8 --val-size 256 --key-space-size "$n" --total "$n"
     sleep 5
     if ((want_rss)); then
@@ -442,17 +461,17 @@ run_scenario() { # scenario (on the current cluster)
         [ "$s" = range_lin_1 ] || { c=64; n=16; }
         [ "$s" = range_ser_64 ] && consistency=s
         etcdctl --endpoints="$endpoints" put benchkey "$value256" >/dev/null
-        bench "$s" --clients "$c" --conns "$n" range benchkey --consistency "$consistency" --total "$t"
+        bench "$s" "$t" --clients "$c" --conns "$n" range benchkey --consistency "$consistency" --total "$t"
         ;;
     range_1000_keys)
         load_1000_keys
-        bench "$s" --clients 16 --conns 4 range r0000000 r0001000 --consistency l --total "$t"
+        bench "$s" "$t" --clients 16 --conns 4 range r0000000 r0001000 --consistency l --total "$t"
         ;;
     watch_10k)
-        bench "$s" --clients 100 --conns 10 watch-latency --streams 100 --watchers-per-stream 100 \
+        bench "$s" 0 --clients 100 --conns 10 watch-latency --streams 100 --watchers-per-stream 100 \
             --put-rate 2 --put-total "$t" --key-size 8 --val-size 256
         ;;
-    lease_keepalive) bench "$s" --clients 64 --conns 16 lease-keepalive --total "$t" ;;
+    lease_keepalive) bench "$s" "$t" --clients 64 --conns 16 lease-keepalive --total "$t" ;;
     esac
 }
 

@@ -34,7 +34,7 @@ ALSO_P99 = {"put_1", "range_lin_1", "watch_10k"}
 HIGHER_IS_BETTER = {"rps", "writes_per_fsync"}
 # Figures shown for insight where a run has them (the leader's WAL fsyncs
 # during the write scenarios); no target is set on them.
-DIAGNOSTIC = ("fsync_mean_ms", "writes_per_fsync")
+DIAGNOSTIC = ("server_cpu_us_per_req", "fsync_mean_ms", "writes_per_fsync")
 
 
 def read_meta(path):
