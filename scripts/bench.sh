@@ -300,8 +300,22 @@ stop_cluster() {
 }
 
 leader_index() { # prints the index (0-2) of the current leader
-    etcdctl --endpoints="$endpoints" --command-timeout=2s endpoint status -w json |
-        jq -r '[.[] | (.Status.header.member_id == .Status.leader)] | index(true)'
+    # A busy member may not answer in time: retry for a while, and fail the
+    # run only if no leader shows at all.
+    local deadline=$((SECONDS + 60)) idx
+    while :; do
+        idx=$(etcdctl --endpoints="$endpoints" --command-timeout=10s endpoint status -w json 2>/dev/null |
+            jq -r '[.[] | (.Status.header.member_id == .Status.leader)] | index(true)' 2>/dev/null) || idx=""
+        if [[ $idx =~ ^[0-2]$ ]]; then
+            echo "$idx"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            say "no leader found among $endpoints"
+            return 1
+        fi
+        sleep 1
+    done
 }
 
 # --- measurement -----------------------------------------------------------
