@@ -115,7 +115,7 @@ def table(scenarios):
         for fig in figures:
             r = ratio(entry, fig)
             better = "-"
-            if r is not None:
+            if r is not None and r != 1:
                 witan_better = r > 1 if fig in HIGHER_IS_BETTER else r < 1
                 better = "witan" if witan_better else "etcd"
             rows.append((name, fig, fmt(entry["witan"].get(fig)), fmt(entry["etcd"].get(fig)),
