@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-# shellcheck and python3: the test that keeps scripts/bench.sh honest.
+# The test that keeps scripts/bench.sh honest needs shellcheck and python3.
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if ((${#need[@]})); then
