@@ -5,13 +5,13 @@
 
 use witan_robustness::scenario::{self, RunOptions};
 
-/// Fault kinds CI runs. `kill-leader` and `kill-any` are left out until the
-/// stale read after a leader restart is fixed (docs/robustness.md,
-/// "Findings").
-const CI_FAULTS: [&str; 4] = [
+/// Fault kinds CI runs: every kind the nemesis has.
+const CI_FAULTS: [&str; 6] = [
     "pause-leader",
     "pause-follower",
+    "kill-leader",
     "kill-follower",
+    "kill-any",
     "kill-single",
 ];
 

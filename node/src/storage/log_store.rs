@@ -144,6 +144,22 @@ fn log_state(store: &Store) -> Result<LogState<TypeConfig>, super::StorageError>
     })
 }
 
+/// The vote a member restarts with: the same term and candidate, but never
+/// "committed" (never "I lead"). openraft would otherwise restart a former
+/// leader as leader of its old term, and that is unsafe here: a leader's
+/// appends become durable in the background (group fsync) while they are
+/// already being replicated, so after `kill -9` its log may lack entries
+/// its followers hold, and as leader of the same term it would write
+/// different entries at those indexes with the same log ids. Its commit
+/// index is not durable either, so it would also answer ReadIndex with a
+/// stale index. Restarted, it must win a new term like any candidate.
+/// Keeping the term and the candidate keeps the promise a vote makes: no
+/// second vote in that term.
+pub fn forget_leadership(mut vote: Vote) -> Vote {
+    vote.committed = false;
+    vote
+}
+
 /// The id of the last entry in the log (appended, maybe not yet durable),
 /// which is what a vote compares.
 pub fn last_log_id(store: &Store) -> Result<Option<LogId>, super::StorageError> {
@@ -186,8 +202,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        inline(|| self.get_meta(meta_key::VOTE))
-            .map_err(|e| io_err(e, |e| StorageIOError::read_vote(e)))
+        let vote: Option<Vote> = inline(|| self.get_meta(meta_key::VOTE))
+            .map_err(|e| io_err(e, |e| StorageIOError::read_vote(e)))?;
+        Ok(vote.map(forget_leadership))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -289,5 +306,21 @@ fn flush_loop(
                     .map_err(|e| std::io::Error::other(e.to_string())),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_leader_keeps_its_term_and_vote_but_not_its_leadership() {
+        let mut led = Vote::new(7, 3);
+        led.commit();
+        assert!(led.is_committed());
+        let restarted = forget_leadership(led);
+        assert!(!restarted.is_committed());
+        assert_eq!(restarted.leader_id().term, 7);
+        assert_eq!(restarted.leader_id().voted_for(), Some(3));
     }
 }
