@@ -164,7 +164,8 @@ fn three_voters_and_two_learners_become_five_voters_then_three_while_writing() {
 
     // Every acknowledged write is there, on every remaining member.
     let acked = runtime.block_on(async { acked.lock().await.clone() });
-    assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    // At least the 20 writes waited for above, on the new voter set.
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
     for i in [2, learners[0].0, learners[1].0] {
         let out = cluster.ctl_on(i, &["get", "joint/", "--prefix", "--keys-only"]);
         let stored: std::collections::BTreeSet<&str> =
