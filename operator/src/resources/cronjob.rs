@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::{
     batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec},
     core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource,
-        PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-        SecretKeySelector, SecurityContext, Volume, VolumeMount,
+        Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+        PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, Volume,
+        VolumeMount,
     },
 };
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta};
@@ -107,21 +107,7 @@ pub fn build(
             ])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(super::statefulset::restricted()),
         ..Container::default()
     };
 

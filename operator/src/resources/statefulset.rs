@@ -238,8 +238,9 @@ fn configmap_env(names: &ClusterNames) -> Vec<EnvFromSource> {
     }]
 }
 
-/// The `restricted` Pod Security Standard, for every container.
-fn restricted() -> SecurityContext {
+/// The `restricted` Pod Security Standard, for every container the
+/// operator creates (members, their init containers, backup jobs).
+pub(crate) fn restricted() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
