@@ -9,6 +9,7 @@
 //! `node` (wiring a member together), `config` (flags).
 //! Nothing here depends on Kubernetes.
 
+pub mod client_identity;
 pub mod config;
 pub mod error;
 pub mod http;
