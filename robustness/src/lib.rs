@@ -20,6 +20,7 @@ pub mod history;
 pub mod linearizability;
 pub mod model;
 pub mod nemesis;
+pub mod proxy;
 pub mod report;
 pub mod revisions;
 pub mod scenario;
