@@ -5,6 +5,7 @@
 #
 #   scripts/robustness.sh [--runs N] [--seed S] [--fault KIND]
 #   scripts/robustness.sh --planted NAME   # ack-before-fsync | stale-follower-read | watch-skip-event
+#   scripts/robustness.sh --long           # leader kill -9 every 5-15 s for 10 min, then 500 runs
 #
 # Ends with `runs=N violations=V lost_acked_writes=L seed=S`; exits non-zero
 # on any violation. With --planted it builds witan with that planted bug,
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-runs=30
+runs=""
 planted=""
 args=()
 while (($#)); do
@@ -22,7 +23,8 @@ while (($#)); do
     --runs) runs="$2"; shift 2 ;;
     --seed | --fault) args+=("$1" "$2"); shift 2 ;;
     --planted) planted="$2"; shift 2 ;;
-    --long) echo "--long is not implemented yet (docs/robustness.md)" >&2; exit 2 ;;
+    --long) args+=("$1"); shift ;;
+    --long-secs) args+=("$1" "$2"); shift 2 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
     esac
 done
@@ -31,7 +33,8 @@ cargo build -q -p witan-robustness --bin witan-robustness --locked
 if [ -z "$planted" ]; then
     cargo build -q -p witan-node --bin witan --locked
     export WITAN_BIN="$PWD/target/debug/witan"
-    exec target/debug/witan-robustness --runs "$runs" "${args[@]}"
+    # Without --runs the binary decides: 30, or 500 after --long's loop.
+    exec target/debug/witan-robustness ${runs:+--runs "$runs"} "${args[@]}"
 fi
 
 # Which fault exposes which planted bug, and which violation proves it.
@@ -48,7 +51,7 @@ cargo build -q -p witan-node --bin witan --locked --features "$planted"
 cp target/debug/witan "target/planted/witan-$planted"
 cargo build -q -p witan-node --bin witan --locked
 export WITAN_BIN="$PWD/target/planted/witan-$planted"
-[ "$runs" = 30 ] && runs=5
+runs="${runs:-5}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0

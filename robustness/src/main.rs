@@ -4,14 +4,23 @@
 //! Ends with one line `runs=N violations=V lost_acked_writes=L seed=S` and
 //! exits non-zero when any run found a violation.
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use witan_robustness::scenario::{self, RunOptions};
+
+/// The long mode: a leader `kill -9` every 5–15 s for this long under
+/// traffic, then [`LONG_RUNS`] single-fault runs.
+const LONG_FOR: Duration = Duration::from_secs(600);
+const LONG_RUNS: u64 = 500;
 
 struct Args {
     runs: u64,
     seed: Option<u64>,
     fault: Option<String>,
     stop_at_first: bool,
+    /// `--long`: the leader-kill loop for this long, then the runs.
+    long: Option<Duration>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -20,18 +29,31 @@ fn parse() -> anyhow::Result<Args> {
         seed: None,
         fault: None,
         stop_at_first: false,
+        long: None,
     };
+    let mut runs_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--runs" => args.runs = value()?.parse().context("--runs")?,
+            "--runs" => {
+                args.runs = value()?.parse().context("--runs")?;
+                runs_given = true;
+            }
+            "--long" => args.long = Some(LONG_FOR),
+            // A shorter leader-kill loop, to try the long mode out.
+            "--long-secs" => {
+                args.long = Some(Duration::from_secs(
+                    value()?.parse().context("--long-secs")?,
+                ));
+            }
             "--seed" => args.seed = Some(value()?.parse().context("--seed")?),
             "--fault" => args.fault = Some(value()?),
             "--stop-at-first-violation" => args.stop_at_first = true,
             "-h" | "--help" => {
                 println!(
-                    "witan-robustness [--runs N] [--seed S] [--fault KIND] [--stop-at-first-violation]\n\
+                    "witan-robustness [--runs N] [--seed S] [--fault KIND] [--stop-at-first-violation] \
+                     [--long | --long-secs S]\n\
                      fault kinds: {}",
                     witan_robustness::nemesis::KINDS.join(", ")
                 );
@@ -39,6 +61,9 @@ fn parse() -> anyhow::Result<Args> {
             }
             other => bail!("unknown flag {other}"),
         }
+    }
+    if args.long.is_some() && !runs_given {
+        args.runs = LONG_RUNS;
     }
     Ok(args)
 }
@@ -57,10 +82,24 @@ fn main() -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     let (mut runs, mut violations, mut lost) = (0u64, 0usize, 0usize);
-    for i in 0..args.runs {
-        let result = scenario::run(seed + i, &options);
+    // The long mode's loop is run "long" with the base seed; the
+    // single-fault runs that follow use seed + 1, seed + 2, ...
+    let long_run = args.long.map(|total| {
+        let long = RunOptions {
+            fault: Some("kill-leader".to_string()),
+            leader_kills_for: Some(total),
+            ..options.clone()
+        };
+        ("long".to_string(), seed, long)
+    });
+    let single = (0..args.runs).map(|i| {
+        let first = u64::from(args.long.is_some());
+        (format!("{i}"), seed + first + i, options.clone())
+    });
+    for (name, run_seed, run_options) in long_run.into_iter().chain(single) {
+        let result = scenario::run(run_seed, &run_options);
         runs += 1;
-        println!("run {i}: {}", result.summary());
+        println!("run {name}: {}", result.summary());
         for v in &result.verdict.violations {
             println!("  {v}");
         }

@@ -7,7 +7,7 @@
 //! Not yet: the peer-link proxy (partitions, delay), member replacement,
 //! compaction/defrag during traffic, snapshot catch-up.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -118,6 +118,34 @@ impl Fault {
             }
         }
     }
+}
+
+/// The long mode's faults: `kill -9` of the leader every 5–15 s, each
+/// restarted after 0.2–1.5 s, until `total` has passed. Returns what it did.
+pub fn leader_kills(cluster: &mut Cluster, rng: &mut StdRng, total: Duration) -> String {
+    let started = Instant::now();
+    let mut kills = 0;
+    loop {
+        let gap = Duration::from_millis(rng.random_range(5_000..=15_000));
+        let left = total.saturating_sub(started.elapsed());
+        if gap >= left {
+            std::thread::sleep(left);
+            break;
+        }
+        // The schedule itself: the fault fires this long after the last.
+        std::thread::sleep(gap);
+        let down_ms = rng.random_range(200..1500);
+        Fault::Kill {
+            target: Target::Leader,
+            down_ms,
+        }
+        .inject(cluster, rng);
+        kills += 1;
+    }
+    format!(
+        "kill -9 of the leader {kills} times over {} s (every 5-15 s, down 0.2-1.5 s)",
+        started.elapsed().as_secs()
+    )
 }
 
 fn pick(cluster: &Cluster, target: Target, rng: &mut StdRng) -> usize {

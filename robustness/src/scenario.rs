@@ -18,9 +18,10 @@ use witan_tests::Cluster;
 
 use crate::checker::{self, Verdict};
 use crate::history::{FinalState, History, Kv};
-use crate::nemesis::Fault;
+use crate::nemesis::{self, Fault};
 use crate::report;
 use crate::traffic::{self, Recorder, TrafficConfig, kv_of};
+use crate::violation::{Kind, Violation};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub ops_after: usize,
     /// Bound on each of those two phases.
     pub phase_limit: Duration,
+    /// The long mode: instead of one fault, `kill -9` the leader every
+    /// 5–15 s for this long ([`crate::nemesis::leader_kills`]).
+    pub leader_kills_for: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -43,6 +47,7 @@ impl Default for RunOptions {
             ops_before: 200,
             ops_after: 200,
             phase_limit: Duration::from_secs(20),
+            leader_kills_for: None,
         }
     }
 }
@@ -73,6 +78,42 @@ impl RunResult {
             self.verdict.lost_acked_writes
         )
     }
+}
+
+/// How long after the last fault healed every member's HashKV must agree.
+const HASHES_AGREE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Polls every member's HashKV at `revision` until they are all equal;
+/// `Err` says what differed when `deadline` passes first.
+async fn hashes_agree(urls: &[String], revision: i64, deadline: Instant) -> Result<(), String> {
+    loop {
+        let mut hashes = Vec::new();
+        for url in urls {
+            hashes.push(hash_kv(url, revision).await);
+        }
+        let first = &hashes[0];
+        if first.is_ok() && hashes.iter().all(|h| h == first) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "HashKV at revision {revision} still differs {} s after the last fault: {hashes:?}",
+                HASHES_AGREE_WITHIN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn hash_kv(url: &str, revision: i64) -> Result<u32, String> {
+    let mut client = traffic::connect(url, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.hash_kv(revision))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(resp.hash())
 }
 
 fn wait_acked(recorder: &Recorder, at_least: usize, limit: Duration) {
@@ -210,7 +251,11 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
     }
 
     wait_acked(&recorder, options.ops_before, options.phase_limit);
-    let did = fault.inject(&mut cluster, &mut rng);
+    let did = match options.leader_kills_for {
+        Some(total) => nemesis::leader_kills(&mut cluster, &mut rng, total),
+        None => fault.inject(&mut cluster, &mut rng),
+    };
+    let last_fault_healed = Instant::now();
     let healed = recorder.acked.load(Ordering::Relaxed);
     wait_acked(&recorder, healed + options.ops_after, options.phase_limit);
     recorder.stop_clients.store(true, Ordering::Relaxed);
@@ -254,7 +299,18 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
         watches,
         final_state,
     };
-    let verdict = checker::check(&history);
+    let mut verdict = checker::check(&history);
+    if let Some(f) = &history.final_state {
+        // Every member must hold the same data at the final revision
+        // (etcd's robustness tests end the same way), within 30 s of the
+        // last fault's heal.
+        let deadline = last_fault_healed + HASHES_AGREE_WITHIN;
+        if let Err(e) = rt.block_on(hashes_agree(&urls, f.revision, deadline)) {
+            verdict
+                .violations
+                .push(Violation::new(Kind::Hash, e, Vec::new()));
+        }
+    }
     let mut result = RunResult {
         seed,
         fault,

@@ -16,6 +16,8 @@ pub enum Kind {
     Watch,
     /// Members disagree with each other or with the replay at the end.
     FinalState,
+    /// Members' HashKV at the final revision did not agree in time.
+    Hash,
 }
 
 /// One broken promise, with the operations (history op ids) and watches
