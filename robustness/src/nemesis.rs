@@ -4,8 +4,8 @@
 //! restart on the same data dir; the same on a one-member cluster (the etcd
 //! #14370 case: a lone member must not lose an acknowledged write); and
 //! SIGSTOP/SIGCONT pauses of 1–5 s of the leader, a follower or any member.
-//! Not yet: the peer-link proxy (partitions, delay), member replacement,
-//! compaction/defrag during traffic, snapshot catch-up.
+//! A follower kept down until it must catch up by snapshot.
+//! Not yet: member replacement, compaction/defrag during traffic.
 
 use std::time::{Duration, Instant};
 
@@ -29,10 +29,19 @@ pub enum Fault {
     KillSingle { down_ms: u64 },
     /// SIGSTOP for `ms`, then SIGCONT.
     Pause { target: Target, ms: u64 },
+    /// `kill -9` of a follower kept down for `down_ms` on a cluster that
+    /// snapshots every [`SNAPSHOT_COUNT`] entries, long enough for the
+    /// leader to purge the entries it missed: it must catch up by snapshot.
+    SnapshotCatchUp { down_ms: u64 },
 }
 
+/// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
+/// many entries behind a snapshot too (node/src/node/start.rs), so a member
+/// that misses a few hundred entries is past the purged log.
+pub const SNAPSHOT_COUNT: u64 = 50;
+
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -40,6 +49,7 @@ pub const KINDS: [&str; 7] = [
     "pause-leader",
     "pause-follower",
     "pause-any",
+    "snapshot-catch-up",
 ];
 
 impl Fault {
@@ -74,6 +84,9 @@ impl Fault {
                 target: Target::Any,
                 ms: pause_ms,
             },
+            "snapshot-catch-up" => Fault::SnapshotCatchUp {
+                down_ms: rng.random_range(4000..=6000),
+            },
             _ => return None,
         })
     }
@@ -82,6 +95,16 @@ impl Fault {
     pub fn random(rng: &mut StdRng) -> Fault {
         let kind = KINDS[rng.random_range(0..KINDS.len())];
         Fault::of_kind(kind, rng).expect("every listed kind is known")
+    }
+
+    /// Flags every member of the run's cluster gets.
+    pub fn member_args(&self) -> Vec<String> {
+        match self {
+            Fault::SnapshotCatchUp { .. } => {
+                vec!["--snapshot-count".into(), SNAPSHOT_COUNT.to_string()]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// How many members the run's cluster has.
@@ -116,6 +139,22 @@ impl Fault {
                 cluster.resume(i);
                 format!("SIGSTOP member {i} ({target:?}) for {ms} ms, then SIGCONT")
             }
+            Fault::SnapshotCatchUp { down_ms } => {
+                let i = pick(cluster, Target::Follower, rng);
+                cluster.kill(i);
+                let log_before = log_len(cluster, i);
+                std::thread::sleep(Duration::from_millis(down_ms));
+                cluster.restart(i);
+                let how = if installed_snapshot_since(cluster, i, log_before) {
+                    "caught up by snapshot"
+                } else {
+                    "caught up from the log (NOT by snapshot: the leader had not purged)"
+                };
+                format!(
+                    "kill -9 follower {i} for {down_ms} ms with --snapshot-count {SNAPSHOT_COUNT}, \
+                     restarted: {how}"
+                )
+            }
         }
     }
 }
@@ -146,6 +185,27 @@ pub fn leader_kills(cluster: &mut Cluster, rng: &mut StdRng, total: Duration) ->
         "kill -9 of the leader {kills} times over {} s (every 5-15 s, down 0.2-1.5 s)",
         started.elapsed().as_secs()
     )
+}
+
+fn log_len(cluster: &Cluster, i: usize) -> u64 {
+    std::fs::metadata(cluster.member(i).log_path()).map_or(0, |m| m.len())
+}
+
+/// Whether member `i` logged a snapshot install after byte `from` of its
+/// log, waiting up to 20 s for it (the catch-up follows the restart).
+fn installed_snapshot_since(cluster: &Cluster, i: usize, from: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read(cluster.member(i).log_path()).unwrap_or_default();
+        let new = log.get(from as usize..).unwrap_or_default();
+        if String::from_utf8_lossy(new).contains("installed snapshot") {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn pick(cluster: &Cluster, target: Target, rng: &mut StdRng) -> usize {

@@ -200,7 +200,9 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
         None => Fault::random(&mut rng),
     };
     eprintln!("robustness run: seed={seed} fault={fault:?}");
-    let mut cluster = Cluster::start(fault.members());
+    let member_args = fault.member_args();
+    let member_args: Vec<&str> = member_args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with(fault.members(), &member_args);
     let urls: Vec<String> = cluster.members().iter().map(|m| m.client_url()).collect();
     let cfg = options.traffic.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
