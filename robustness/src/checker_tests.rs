@@ -306,3 +306,59 @@ fn watches_must_match_the_kv_history() {
         );
     }
 }
+
+/// `watch(start, events)` whose stream ends with a compaction cancel.
+fn compacted(mut w: Watch, compact_revision: i64) -> Watch {
+    let segment = w.segments.last_mut().expect("one segment");
+    segment.responses.push(WatchResponse {
+        received: 0,
+        header_revision: 0,
+        events: Vec::new(),
+        compact_revision,
+        canceled: true,
+    });
+    segment.broken = Some("canceled: compacted".into());
+    w
+}
+
+#[test]
+fn a_compaction_cancel_must_be_earned() {
+    let e2 = put_event(kv("p/a", "a1", 2, 2, 1));
+    let run = |w: Watch| {
+        let mut h = good().finish(100, 4, good_final());
+        h.watches.push(w);
+        check(&h)
+    };
+    // Started at 2, compacted up to 3: 2 is gone, the cancel is right.
+    let ok = run(compacted(watch(2, vec![]), 3));
+    assert!(ok.ok(), "{:?}", ok.violations);
+    // Revision 2 arrived, so it waited for 3: compacting 3 cancels it.
+    let ok = run(compacted(watch(2, vec![vec![e2.clone()]]), 4));
+    assert!(ok.ok(), "{:?}", ok.violations);
+
+    for (what, w) in [
+        // Waiting for 3 while only 3 was compacted: 3 is still there.
+        (
+            "not compacted",
+            compacted(watch(2, vec![vec![e2.clone()]]), 3),
+        ),
+        ("future compaction", compacted(watch(2, vec![]), 9)),
+        ("resumed after", {
+            let mut w = compacted(watch(2, vec![]), 3);
+            w.segments.push(WatchSegment {
+                member: 1,
+                start_revision: 2,
+                responses: Vec::new(),
+                broken: None,
+            });
+            w
+        }),
+    ] {
+        let verdict = run(w);
+        assert!(
+            verdict.violations.iter().any(|v| v.kind == Kind::Watch),
+            "{what}: {:?}",
+            verdict.violations
+        );
+    }
+}

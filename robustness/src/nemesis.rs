@@ -5,7 +5,8 @@
 //! #14370 case: a lone member must not lose an acknowledged write); and
 //! SIGSTOP/SIGCONT pauses of 1–5 s of the leader, a follower or any member.
 //! A follower kept down until it must catch up by snapshot.
-//! Not yet: member replacement, compaction/defrag during traffic.
+//! Compaction and defragmentation under traffic.
+//! Not yet: member replacement.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ pub enum Fault {
     /// snapshots every [`SNAPSHOT_COUNT`] entries, long enough for the
     /// leader to purge the entries it missed: it must catch up by snapshot.
     SnapshotCatchUp { down_ms: u64 },
+    /// Compaction at `behind` revisions before the latest, then a
+    /// defragmentation of every member, one after another, all under
+    /// traffic; watches behind the compaction must be canceled for it.
+    CompactDefrag { behind: i64 },
 }
 
 /// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
@@ -41,7 +46,7 @@ pub enum Fault {
 pub const SNAPSHOT_COUNT: u64 = 50;
 
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -50,6 +55,7 @@ pub const KINDS: [&str; 8] = [
     "pause-follower",
     "pause-any",
     "snapshot-catch-up",
+    "compact-defrag",
 ];
 
 impl Fault {
@@ -86,6 +92,9 @@ impl Fault {
             },
             "snapshot-catch-up" => Fault::SnapshotCatchUp {
                 down_ms: rng.random_range(4000..=6000),
+            },
+            "compact-defrag" => Fault::CompactDefrag {
+                behind: rng.random_range(0..=50),
             },
             _ => return None,
         })
@@ -153,6 +162,20 @@ impl Fault {
                 format!(
                     "kill -9 follower {i} for {down_ms} ms with --snapshot-count {SNAPSHOT_COUNT}, \
                      restarted: {how}"
+                )
+            }
+            Fault::CompactDefrag { behind } => {
+                let latest = cluster.status(cluster.leader())["header"]["revision"]
+                    .as_i64()
+                    .expect("header.revision");
+                let at = (latest - behind).max(1);
+                cluster.ctl(&["compact", &at.to_string()]);
+                for i in 0..cluster.len() {
+                    cluster.ctl_on(i, &["defrag"]);
+                }
+                format!(
+                    "compact at revision {at} ({behind} behind the latest), \
+                     then defrag of every member"
                 )
             }
         }

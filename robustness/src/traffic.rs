@@ -459,7 +459,16 @@ pub async fn watch_loop(
             recorder.witness_upto.fetch_max(next - 1, Ordering::Relaxed);
         }
         let broken = segment.broken.is_some();
+        // Compacted past where it would resume: etcd ends such a watch for
+        // good (canceled with compact_revision); so does the client.
+        let compacted = segment
+            .responses
+            .last()
+            .is_some_and(|r| r.canceled && r.compact_revision > 0);
         watch.segments.push(segment);
+        if compacted {
+            break;
+        }
         if broken {
             member = (member + 1) % urls.len();
             // Do not spin against a member that is down.

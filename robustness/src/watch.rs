@@ -9,13 +9,15 @@
 //! - resumable: a stream resumed from the last revision received + 1 (on
 //!   any member) continues without a gap or a repeat;
 //! - nothing before the start revision is delivered (also when the start is
-//!   in the future).
+//!   in the future);
+//! - a watch ends canceled for compaction only when the revision it would
+//!   deliver next has been compacted.
 //!
 //! Watches are not linearizable with other requests, so no real-time check.
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::history::{Event, EventType, History, Watch};
+use crate::history::{Event, EventType, History, Watch, WatchSegment};
 use crate::model::Replay;
 use crate::violation::{Kind, Violation};
 
@@ -81,6 +83,7 @@ fn check_one(w: &Watch, replay: &Replay, out: &mut Vec<Violation>) {
     // Resumption points: each next segment starts right after what arrived.
     let mut upto = w.start_revision - 1;
     for (i, segment) in w.segments.iter().enumerate() {
+        check_compaction_cancel(w, segment, upto, replay, out);
         if i > 0 && segment.start_revision != upto + 1 {
             out.push(violation(
                 w,
@@ -129,6 +132,54 @@ fn check_one(w: &Watch, replay: &Replay, out: &mut Vec<Violation>) {
                 got.get(first).map_or("nothing".into(), |e| show(e)),
                 want.len(),
                 got.len()
+            ),
+        ));
+    }
+}
+
+/// A watch may be canceled for compaction (etcd's `compact_revision`) only
+/// when the next revision it would deliver, `upto + 1`, is below the
+/// compacted revision, with no events in that response, and only as the
+/// last response of the watch (the watch is over).
+fn check_compaction_cancel(
+    w: &Watch,
+    segment: &WatchSegment,
+    upto: i64,
+    replay: &Replay,
+    out: &mut Vec<Violation>,
+) {
+    let Some((n, resp)) = segment
+        .responses
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.compact_revision > 0)
+    else {
+        return;
+    };
+    let next = segment
+        .responses
+        .iter()
+        .take(n)
+        .flat_map(|r| &r.events)
+        .map(|e| e.kv.mod_revision + 1)
+        .fold(upto.max(segment.start_revision - 1) + 1, i64::max);
+    let is_last = std::ptr::eq(segment, w.segments.last().expect("segment of w"))
+        && n + 1 == segment.responses.len();
+    if !resp.canceled
+        || !resp.events.is_empty()
+        || next >= resp.compact_revision
+        || resp.compact_revision > replay.last
+        || !is_last
+    {
+        out.push(violation(
+            w,
+            format!(
+                "compaction cancel at compact_revision {} (canceled: {}, {} events) while \
+                 the watch was at revision {next} of {} (last response of the watch: {is_last})",
+                resp.compact_revision,
+                resp.canceled,
+                resp.events.len(),
+                replay.last
             ),
         ));
     }
