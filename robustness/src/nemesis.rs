@@ -5,8 +5,8 @@
 //! #14370 case: a lone member must not lose an acknowledged write); and
 //! SIGSTOP/SIGCONT pauses of 1–5 s of the leader, a follower or any member.
 //! A follower kept down until it must catch up by snapshot.
-//! Compaction and defragmentation under traffic.
-//! Not yet: member replacement.
+//! Compaction and defragmentation under traffic; a member replaced
+//! (remove, wipe, add back as a learner, promote).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ pub enum Fault {
     /// defragmentation of every member, one after another, all under
     /// traffic; watches behind the compaction must be canceled for it.
     CompactDefrag { behind: i64 },
+    /// A member replaced as etcd's runbook says ([`Cluster::replace`]):
+    /// removed, wiped, added back as a learner, promoted.
+    Replace { target: Target },
 }
 
 /// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
@@ -46,7 +49,7 @@ pub enum Fault {
 pub const SNAPSHOT_COUNT: u64 = 50;
 
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -56,6 +59,7 @@ pub const KINDS: [&str; 9] = [
     "pause-any",
     "snapshot-catch-up",
     "compact-defrag",
+    "replace-member",
 ];
 
 impl Fault {
@@ -95,6 +99,9 @@ impl Fault {
             },
             "compact-defrag" => Fault::CompactDefrag {
                 behind: rng.random_range(0..=50),
+            },
+            "replace-member" => Fault::Replace {
+                target: Target::Any,
             },
             _ => return None,
         })
@@ -176,6 +183,13 @@ impl Fault {
                 format!(
                     "compact at revision {at} ({behind} behind the latest), \
                      then defrag of every member"
+                )
+            }
+            Fault::Replace { target } => {
+                let i = pick(cluster, target, rng);
+                let id = cluster.replace(i);
+                format!(
+                    "member {i} ({target:?}) removed, wiped, added back as learner {id:x}, promoted"
                 )
             }
         }

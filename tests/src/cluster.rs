@@ -345,6 +345,74 @@ impl Cluster {
         (index, id)
     }
 
+    /// Replaces member `i` the way etcd's runbook does: `member remove` (the
+    /// removed member shuts itself down), a wiped data dir, `member add
+    /// --learner` with the same peer URL, a start with
+    /// `--initial-cluster-state existing` on the same ports (so clients of
+    /// the old member reach the new one), and `member promote` once it has
+    /// caught up. The new member is named `<name>-new`; returns its id.
+    pub fn replace(&mut self, i: usize) -> u64 {
+        let old_id = self.member_id(i);
+        let other = self
+            .running()
+            .into_iter()
+            .find(|&o| o != i)
+            .expect("another running member");
+        self.ctl_on(other, &["member", "remove", &format!("{old_id:x}")]);
+        self.wait_exit(i, READY_TIMEOUT);
+        let (client_port, peer_port) = (self.members[i].client_port, self.members[i].peer_port);
+        let name = format!("{}-new", self.members[i].name);
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut initial: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        initial.push(format!("{name}={peer_url}"));
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        // The old member (and its data dir) goes; the new one starts empty.
+        self.members[i] = new_member(
+            &name,
+            client_port,
+            peer_port,
+            &initial.join(","),
+            "existing",
+            &self.token,
+            &extra,
+            self.logs.path(),
+        );
+        let added = crate::json(&self.ctl_on(
+            other,
+            &[
+                "member",
+                "add",
+                &name,
+                "--learner",
+                &format!("--peer-urls={peer_url}"),
+                "-w",
+                "json",
+            ],
+        ));
+        let id = added["member"]["ID"].as_u64().expect("added member id");
+        self.spawn(i);
+        // etcd refuses to promote a learner that is not in sync yet.
+        poll_until(READY_TIMEOUT, "the new member promoted", || {
+            let out = self.run(
+                &self.endpoint(other),
+                &["member", "promote", &format!("{id:x}")],
+                None,
+            );
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        });
+        self.wait_healthy(&[i], READY_TIMEOUT);
+        id
+    }
+
     /// Starts member `i` without waiting for it (a learner is never
     /// "healthy" to etcdctl, since it refuses linearizable reads).
     pub fn spawn(&mut self, i: usize) {
