@@ -69,6 +69,21 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# The robustness suite must catch each planted bug (docs/robustness.md):
+# robustness.sh --planted exits non-zero when it reported the violation.
+planted_caught=0
+for bug in ack-before-fsync stale-follower-read watch-skip-event; do
+    if scripts/robustness.sh --planted "$bug" >"$log.planted" 2>&1; then
+        tail -n 20 "$log.planted"
+        echo "planted bug $bug: NOT caught" >&2
+        status=1
+    else
+        grep "^planted bug $bug: caught" "$log.planted" && planted_caught=$((planted_caught + 1))
+    fi
+done
+rm -f "$log.planted"
+echo "planted bugs: $planted_caught/3 caught"
+[ "$planted_caught" -eq 3 ] || status=1
 # One closing line for the whole run (cargo prints one per test binary,
 # the last of which is often an empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
