@@ -33,6 +33,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     Error, Result,
+    access::Access,
     crd::KvCluster,
     members::MemberApi,
     metrics::Metrics,
@@ -50,6 +51,9 @@ pub struct Context {
     pub reporter: Reporter,
     /// Image of the backup CronJobs (the operator's own image).
     pub backup_image: String,
+    /// The operator's pods, admitted to the client port by each KvCluster's
+    /// NetworkPolicy.
+    pub operator_peer: k8s_openapi::api::networking::v1::NetworkPolicyPeer,
     /// Consecutive failures per KvCluster (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -68,6 +72,13 @@ impl Context {
             metrics,
             reporter,
             backup_image: resources::cronjob::DEFAULT_BACKUP_IMAGE.to_string(),
+            operator_peer: resources::network_policy::operator_peer(
+                None,
+                std::collections::BTreeMap::from([(
+                    "app.kubernetes.io/name".to_string(),
+                    OPERATOR_POD_NAME_LABEL.to_string(),
+                )]),
+            ),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -87,6 +98,9 @@ impl Context {
         }
     }
 }
+
+/// `app.kubernetes.io/name` of the operator's pods (the chart's default).
+pub const OPERATOR_POD_NAME_LABEL: &str = "witan-operator";
 
 /// Run the controller until a shutdown signal. It watches KvClusters and
 /// their children in `namespace`, or in every namespace when `None` (the
@@ -129,7 +143,22 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
     let names = ClusterNames::of(&kvc)?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let statefulset = statefulsets.get_opt(&names.statefulset()).await?;
-    let mut observed = observe(&kvc, &names, &ctx, statefulset.as_ref()).await?;
+    let access = match security::access(&kvc, &names, &ctx).await {
+        Ok(access) => access,
+        Err(error) => {
+            // Said on the KvCluster: a missing Secret is the user's to fix.
+            publish_note(
+                &ctx,
+                &kvc,
+                EventType::Warning,
+                "CredentialsMissing",
+                error.to_string(),
+            )
+            .await;
+            return Err(error);
+        }
+    };
+    let mut observed = observe(&kvc, &names, &ctx, statefulset.as_ref(), &access).await?;
     if kvc.spec.backup.is_some() {
         observed.backup_runs = observe_backups(&names, &ctx).await?;
     }
@@ -137,7 +166,7 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
 
     if step != Step::Paused {
         apply_children(&kvc, &names, &ctx, &observed, &step).await?;
-        if let Err(error) = execute(&names, &ctx, &observed, &step).await {
+        if let Err(error) = execute(&names, &ctx, &observed, &step, &access).await {
             publish(
                 &ctx,
                 &kvc,
@@ -158,6 +187,15 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
                 status::step_message(&step),
             )
             .await;
+        }
+        // Auth goes on once a leader answers (etcd needs one to apply it).
+        let endpoints = healthy_endpoints(&names, &observed);
+        let has_leader = observed
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.members.iter().any(|m| m.is_leader));
+        if has_leader {
+            security::ensure_auth(&kvc, &names, &ctx, &endpoints, &access).await?;
         }
     }
 
@@ -223,6 +261,7 @@ async fn observe(
     names: &ClusterNames,
     ctx: &Context,
     statefulset: Option<&StatefulSet>,
+    access: &Access,
 ) -> Result<Observed> {
     let bootstrapped = kvc.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
     let Some(statefulset) = statefulset else {
@@ -264,7 +303,7 @@ async fn observe(
     let membership = if endpoints.is_empty() {
         None
     } else {
-        match ctx.members.observe(names, &endpoints).await {
+        match ctx.members.observe(names, &endpoints, access).await {
             Ok(membership) => membership,
             Err(error) => {
                 // Handled here: an unreachable cluster is an observation.
@@ -322,6 +361,8 @@ async fn apply_children(
     )
     .await?;
     apply_backup_cronjob(kvc, names, ctx).await?;
+    security::apply_certificates(kvc, names, ctx).await?;
+    security::apply_network_policy(kvc, names, ctx).await?;
     if let Some(initial) = planner::initial_cluster(&kvc.spec, names, observed) {
         apply(
             &Api::<ConfigMap>::namespaced(client.clone(), ns),
@@ -354,11 +395,19 @@ async fn apply_backup_cronjob(kvc: &KvCluster, names: &ClusterNames, ctx: &Conte
             let cronjob = resources::cronjob::build(kvc, names, backup, &ctx.backup_image)?;
             apply(&cronjobs, &name, &cronjob).await
         }
-        None => match cronjobs.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(error) => Err(error.into()),
-        },
+        None => delete_if_present(&cronjobs, &name).await,
+    }
+}
+
+/// Deletes `name` in the background; already gone is fine.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -389,34 +438,33 @@ async fn execute(
     ctx: &Context,
     observed: &Observed,
     step: &Step,
+    access: &Access,
 ) -> Result<()> {
     let membership = observed.membership.as_ref();
-    let endpoints: Vec<String> = membership
-        .map(|m| {
-            m.members
-                .iter()
-                .filter(|m| m.healthy)
-                .map(|m| names.client_url(&m.name))
-                .collect()
-        })
-        .unwrap_or_default();
+    let endpoints = healthy_endpoints(names, observed);
     match step {
         Step::AddLearner { member } => {
             let id = ctx
                 .members
-                .add_learner(&endpoints, &names.peer_url(member))
+                .add_learner(&endpoints, access, &names.peer_url(member))
                 .await?;
             info!(member, id = format!("{id:x}"), "added learner");
         }
-        Step::ChangeVoters { voters, .. } => ctx.members.change_voters(&endpoints, voters).await?,
+        Step::ChangeVoters { voters, .. } => {
+            ctx.members
+                .change_voters(&endpoints, access, voters)
+                .await?;
+        }
         Step::TransferLeadership { from, to } => {
             let leader: Vec<String> = membership
                 .and_then(|m| m.members.iter().find(|m| m.id == *from))
                 .map(|m| vec![names.client_url(&m.name)])
                 .unwrap_or_default();
-            ctx.members.move_leader(&leader, *to).await?;
+            ctx.members.move_leader(&leader, access, *to).await?;
         }
-        Step::RemoveMember { id, .. } => ctx.members.remove_member(&endpoints, *id).await?,
+        Step::RemoveMember { id, .. } => {
+            ctx.members.remove_member(&endpoints, access, *id).await?;
+        }
         Step::ReplacePod { pod } => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
             pods.delete(pod, &DeleteParams::default()).await?;
@@ -429,6 +477,21 @@ async fn execute(
         | Step::Paused => {}
     }
     Ok(())
+}
+
+/// Client URLs of the members that answered.
+fn healthy_endpoints(names: &ClusterNames, observed: &Observed) -> Vec<String> {
+    observed
+        .membership
+        .as_ref()
+        .map(|m| {
+            m.members
+                .iter()
+                .filter(|m| m.healthy)
+                .map(|m| names.client_url(&m.name))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Publish an Event on the KvCluster. A failure to publish is logged, never
@@ -480,5 +543,6 @@ async fn publish_note(
     }
 }
 
+mod security;
 #[cfg(test)]
 mod tests;

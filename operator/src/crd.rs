@@ -18,6 +18,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod security;
+pub use security::{
+    AuthSpec, CertManagerSpec, IssuerRef, NetworkPolicySpec, SecretKeyRef, TlsSpec,
+};
+
 /// The API group of every witan resource.
 pub const GROUP: &str = "witan.io";
 
@@ -109,6 +114,19 @@ pub struct KvClusterSpec {
     /// When true the operator changes nothing (it still reports status).
     #[serde(default)]
     pub paused: bool,
+
+    /// TLS for clients and peers (https everywhere); plain http when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// etcd authentication (users, roles, tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// A NetworkPolicy admitting only clients, the operator, peers and
+    /// monitoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -342,6 +360,12 @@ pub struct LastBackup {
 }
 
 impl KvClusterSpec {
+    /// Whether authentication is asked for.
+    #[must_use]
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.enabled)
+    }
+
     /// A spec with `replicas` members and every other field at its default.
     #[must_use]
     pub fn with_replicas(replicas: i32) -> Self {
@@ -356,6 +380,9 @@ impl KvClusterSpec {
             backup: None,
             bootstrap: None,
             paused: false,
+            tls: None,
+            auth: None,
+            network_policy: None,
         }
     }
 }

@@ -15,6 +15,11 @@ pub enum Error {
     #[error("serialisation: {0}")]
     Serialization(#[from] serde_json::Error),
 
+    /// A Secret the spec names (TLS material, a password) is missing or
+    /// lacks a key.
+    #[error("missing Secret: {0}")]
+    MissingSecret(String),
+
     /// The KvCluster lacks something every object has (namespace, uid).
     #[error("invalid KvCluster: {0}")]
     InvalidResource(String),
@@ -30,6 +35,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Member(_) => "member",
             Error::Serialization(_) => "serialization",
+            Error::MissingSecret(_) => "missing_secret",
             Error::InvalidResource(_) => "invalid_resource",
         }
     }

@@ -10,7 +10,12 @@
 //! backup CronJob runs (`witan-operator backup`): snapshot, upload, prune.
 //! `restore` is what the member pods' init containers run for
 //! `spec.bootstrap.restore` (`witan-operator restore-fetch|restore-apply`).
+//! `access` is how the operator and backup jobs reach members (TLS client
+//! certificate, auth user); `auth` decides the steps that turn etcd
+//! authentication on (pure).
 
+pub mod access;
+pub mod auth;
 pub mod backup;
 pub mod controller;
 pub mod crd;

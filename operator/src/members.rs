@@ -4,13 +4,24 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use etcd_client::{Client, MemberAddOptions};
 use futures::future::BoxFuture;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+use witan_api::etcdserverpb::{
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleListRequest, AuthStatusRequest,
+    AuthUserAddRequest, AuthUserGetRequest, AuthUserGrantRoleRequest, AuthUserListRequest,
+    AuthenticateRequest, auth_client::AuthClient,
+};
 use witan_api::witanpb::membership_client::MembershipClient;
 use witan_api::witanpb::{ChangeVotersRequest, VotersRequest};
 
 use crate::{
+    access::{self, Access},
+    auth::{AuthState, AuthStep, ROOT},
     names::ClusterNames,
     observed::{Membership, ObservedMember, is_caught_up},
 };
@@ -37,12 +48,14 @@ pub trait MemberApi: Send + Sync {
         &'a self,
         names: &'a ClusterNames,
         endpoints: &'a [String],
+        access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<Membership>, MemberError>>;
 
     /// MemberAdd as a learner; returns the new member's id.
     fn add_learner<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         peer_url: &'a str,
     ) -> BoxFuture<'a, Result<u64, MemberError>>;
 
@@ -52,6 +65,7 @@ pub trait MemberApi: Send + Sync {
     fn change_voters<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         voters: &'a BTreeSet<u64>,
     ) -> BoxFuture<'a, Result<(), MemberError>>;
 
@@ -59,6 +73,7 @@ pub trait MemberApi: Send + Sync {
     fn move_leader<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         to: u64,
     ) -> BoxFuture<'a, Result<(), MemberError>>;
 
@@ -66,7 +81,24 @@ pub trait MemberApi: Send + Sync {
     fn remove_member<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         id: u64,
+    ) -> BoxFuture<'a, Result<(), MemberError>>;
+
+    /// AuthStatus, RoleList, UserList and each user's roles.
+    fn auth_state<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<AuthState, MemberError>>;
+
+    /// One step towards auth enabled; `password` is the new user's.
+    fn auth_apply<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        access: &'a Access,
+        step: &'a AuthStep,
+        password: &'a str,
     ) -> BoxFuture<'a, Result<(), MemberError>>;
 }
 
@@ -89,49 +121,109 @@ impl Default for EtcdMembers {
 }
 
 impl EtcdMembers {
-    async fn connect(&self, endpoints: &[String]) -> Result<Client, MemberError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(self.connect_timeout)
-            .with_timeout(self.request_timeout);
-        Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|source| MemberError::Rpc {
-                what: "connect",
-                source,
-            })
+    async fn connect(&self, endpoints: &[String], access: &Access) -> Result<Client, MemberError> {
+        access::connect(
+            endpoints,
+            access,
+            self.connect_timeout,
+            Some(self.request_timeout),
+        )
+        .await
+        .map_err(|source| MemberError::Rpc {
+            what: "connect",
+            source,
+        })
     }
 
-    /// A `witanpb.Membership` client on the first of `endpoints` that
-    /// accepts a connection.
-    async fn membership(
+    /// A channel to the first of `endpoints` that accepts a connection
+    /// (over TLS with the client certificate when `access` has one), and the
+    /// auth token to send on it, if auth is on.
+    async fn channel(
         &self,
         endpoints: &[String],
+        access: &Access,
         what: &'static str,
-    ) -> Result<MembershipClient<Channel>, MemberError> {
+    ) -> Result<(Channel, Option<MetadataValue<tonic::metadata::Ascii>>), MemberError> {
+        let witan = |detail: String| MemberError::Witan { what, detail };
         let mut last = String::from("no endpoints");
         for url in endpoints {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| MemberError::Witan {
-                    what,
-                    detail: format!("bad endpoint {url}: {e}"),
-                })?
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| witan(format!("bad endpoint {url}: {e}")))?
                 .connect_timeout(self.connect_timeout)
                 .timeout(self.request_timeout);
+            if let Some(tls) = &access.tls {
+                endpoint = endpoint
+                    .tls_config(tls.config())
+                    .map_err(|e| witan(format!("TLS settings for {url}: {e}")))?;
+            }
             match endpoint.connect().await {
-                Ok(channel) => return Ok(MembershipClient::new(channel)),
+                Ok(channel) => {
+                    let token = self.token(&channel, access).await.map_err(witan)?;
+                    return Ok((channel, token));
+                }
                 Err(e) => last = format!("{url}: {e}"),
             }
         }
-        Err(MemberError::Witan { what, detail: last })
+        Err(witan(last))
+    }
+
+    /// Authenticate as `access`'s user; `None` without credentials or while
+    /// auth is off.
+    async fn token(
+        &self,
+        channel: &Channel,
+        access: &Access,
+    ) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, String> {
+        let Some(credentials) = &access.credentials else {
+            return Ok(None);
+        };
+        let answer = AuthClient::new(channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: credentials.user.clone(),
+                password: credentials.password.clone(),
+            })
+            .await;
+        match answer {
+            Ok(response) => MetadataValue::try_from(response.into_inner().token)
+                .map(Some)
+                .map_err(|e| format!("the auth token is not ASCII: {e}")),
+            Err(status) if status.message().contains("authentication is not enabled") => Ok(None),
+            Err(status) => Err(format!(
+                "authenticating as {}: {}",
+                credentials.user,
+                status.message()
+            )),
+        }
+    }
+
+    /// A `witanpb.Membership` client on the first of `endpoints` that
+    /// accepts a connection, and its token.
+    async fn membership(
+        &self,
+        endpoints: &[String],
+        access: &Access,
+        what: &'static str,
+    ) -> Result<
+        (
+            MembershipClient<Channel>,
+            Option<MetadataValue<tonic::metadata::Ascii>>,
+        ),
+        MemberError,
+    > {
+        let (channel, token) = self.channel(endpoints, access, what).await?;
+        Ok((MembershipClient::new(channel), token))
     }
 
     /// The target of an interrupted joint change: the second voter set
     /// when the configuration is joint. `None` when it is uniform or the
     /// members cannot say.
-    async fn joint_target(&self, endpoints: &[String]) -> Option<BTreeSet<u64>> {
-        let mut client = self.membership(endpoints, "Voters").await.ok()?;
+    async fn joint_target(&self, endpoints: &[String], access: &Access) -> Option<BTreeSet<u64>> {
+        let (mut client, token) = self.membership(endpoints, access, "Voters").await.ok()?;
         let config = client
-            .voters(VotersRequest { linearizable: true })
+            .voters(with_token(
+                VotersRequest { linearizable: true },
+                token.as_ref(),
+            ))
             .await
             .ok()?
             .into_inner();
@@ -145,8 +237,9 @@ impl EtcdMembers {
         &self,
         names: &ClusterNames,
         endpoints: &[String],
+        access: &Access,
     ) -> Result<Option<Membership>, MemberError> {
-        let Ok(mut client) = self.connect(endpoints).await else {
+        let Ok(mut client) = self.connect(endpoints, access).await else {
             return Ok(None);
         };
         let Ok(list) = client.member_list().await else {
@@ -175,7 +268,7 @@ impl EtcdMembers {
             .collect();
         // Ask every member itself, concurrently: it is healthy only if it answers.
         let statuses = futures::future::join_all(listed.iter().map(|(_, name, _)| async move {
-            let mut own = self.connect(&[names.client_url(name)]).await.ok()?;
+            let mut own = self.connect(&[names.client_url(name)], access).await.ok()?;
             let s = own.status().await.ok()?;
             let revision = s.header().map_or(0, etcd_client::ResponseHeader::revision);
             Some((s.leader(), s.raft_applied_index(), revision))
@@ -219,7 +312,7 @@ impl EtcdMembers {
             .collect();
         Ok(Some(Membership {
             members,
-            joint_target: self.joint_target(endpoints).await,
+            joint_target: self.joint_target(endpoints, access).await,
             cluster_id,
         }))
     }
@@ -230,17 +323,19 @@ impl MemberApi for EtcdMembers {
         &'a self,
         names: &'a ClusterNames,
         endpoints: &'a [String],
+        access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<Membership>, MemberError>> {
-        Box::pin(self.observe_impl(names, endpoints))
+        Box::pin(self.observe_impl(names, endpoints, access))
     }
 
     fn add_learner<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         peer_url: &'a str,
     ) -> BoxFuture<'a, Result<u64, MemberError>> {
         Box::pin(async move {
-            let mut client = self.connect(endpoints).await?;
+            let mut client = self.connect(endpoints, access).await?;
             let response = client
                 .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
                 .await
@@ -255,16 +350,18 @@ impl MemberApi for EtcdMembers {
     fn change_voters<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         voters: &'a BTreeSet<u64>,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         // Never MemberPromote one by one: that passes through an even
         // voting set. ChangeVoters is one joint change, and idempotent.
         Box::pin(async move {
-            let mut client = self.membership(endpoints, "ChangeVoters").await?;
+            let (mut client, token) = self.membership(endpoints, access, "ChangeVoters").await?;
+            let request = ChangeVotersRequest {
+                voter_ids: voters.iter().copied().collect(),
+            };
             client
-                .change_voters(ChangeVotersRequest {
-                    voter_ids: voters.iter().copied().collect(),
-                })
+                .change_voters(with_token(request, token.as_ref()))
                 .await
                 .map_err(|status| MemberError::Witan {
                     what: "ChangeVoters",
@@ -277,10 +374,11 @@ impl MemberApi for EtcdMembers {
     fn move_leader<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         to: u64,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         Box::pin(async move {
-            let mut client = self.connect(endpoints).await?;
+            let mut client = self.connect(endpoints, access).await?;
             client
                 .move_leader(to)
                 .await
@@ -295,10 +393,11 @@ impl MemberApi for EtcdMembers {
     fn remove_member<'a>(
         &'a self,
         endpoints: &'a [String],
+        access: &'a Access,
         id: u64,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         Box::pin(async move {
-            let mut client = self.connect(endpoints).await?;
+            let mut client = self.connect(endpoints, access).await?;
             client
                 .member_remove(id)
                 .await
@@ -308,5 +407,145 @@ impl MemberApi for EtcdMembers {
                 })?;
             Ok(())
         })
+    }
+
+    fn auth_state<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<AuthState, MemberError>> {
+        Box::pin(self.auth_state_impl(endpoints, access))
+    }
+
+    fn auth_apply<'a>(
+        &'a self,
+        endpoints: &'a [String],
+        access: &'a Access,
+        step: &'a AuthStep,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemberError>> {
+        Box::pin(self.auth_apply_impl(endpoints, access, step, password))
+    }
+}
+
+/// A failed witan or auth RPC as a [`MemberError`].
+fn witan_status(what: &'static str) -> impl Fn(tonic::Status) -> MemberError {
+    move |status| MemberError::Witan {
+        what,
+        detail: status.message().to_string(),
+    }
+}
+
+/// `message` with the auth token in metadata `token`, as etcd expects.
+fn with_token<T>(message: T, token: Option<&MetadataValue<tonic::metadata::Ascii>>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("token", token.clone());
+    }
+    request
+}
+
+impl EtcdMembers {
+    async fn auth_state_impl(
+        &self,
+        endpoints: &[String],
+        access: &Access,
+    ) -> Result<AuthState, MemberError> {
+        let (channel, token) = self.channel(endpoints, access, "AuthStatus").await?;
+        let mut client = AuthClient::new(channel);
+        let token = token.as_ref();
+        let enabled = client
+            .auth_status(with_token(AuthStatusRequest {}, token))
+            .await
+            .map_err(witan_status("AuthStatus"))?
+            .into_inner()
+            .enabled;
+        if enabled {
+            // Nothing more is decided once auth is on (auth::next_step).
+            return Ok(AuthState {
+                enabled,
+                ..AuthState::default()
+            });
+        }
+        let roles = client
+            .role_list(with_token(AuthRoleListRequest {}, token))
+            .await
+            .map_err(witan_status("RoleList"))?
+            .into_inner()
+            .roles
+            .into_iter()
+            .collect();
+        let names = client
+            .user_list(with_token(AuthUserListRequest {}, token))
+            .await
+            .map_err(witan_status("UserList"))?
+            .into_inner()
+            .users;
+        let mut users = std::collections::BTreeMap::new();
+        for name in names {
+            let roles = client
+                .user_get(with_token(AuthUserGetRequest { name: name.clone() }, token))
+                .await
+                .map_err(witan_status("UserGet"))?
+                .into_inner()
+                .roles
+                .into_iter()
+                .collect();
+            users.insert(name, roles);
+        }
+        Ok(AuthState {
+            enabled,
+            roles,
+            users,
+        })
+    }
+
+    async fn auth_apply_impl(
+        &self,
+        endpoints: &[String],
+        access: &Access,
+        step: &AuthStep,
+        password: &str,
+    ) -> Result<(), MemberError> {
+        let (channel, token) = self.channel(endpoints, access, "Auth").await?;
+        let mut client = AuthClient::new(channel);
+        let token = token.as_ref();
+        match step {
+            AuthStep::AddRootRole => {
+                client
+                    .role_add(with_token(AuthRoleAddRequest { name: ROOT.into() }, token))
+                    .await
+                    .map_err(witan_status("RoleAdd"))?;
+            }
+            AuthStep::AddUser { user } => {
+                let request = AuthUserAddRequest {
+                    name: user.clone(),
+                    password: password.to_string(),
+                    ..AuthUserAddRequest::default()
+                };
+                client
+                    .user_add(with_token(request, token))
+                    .await
+                    .map_err(witan_status("UserAdd"))?;
+            }
+            AuthStep::GrantRoot { user } => {
+                let request = AuthUserGrantRoleRequest {
+                    user: user.clone(),
+                    role: ROOT.into(),
+                };
+                client
+                    .user_grant_role(with_token(request, token))
+                    .await
+                    .map_err(witan_status("UserGrantRole"))?;
+            }
+            AuthStep::Enable => {
+                client
+                    .auth_enable(with_token(AuthEnableRequest {}, token))
+                    .await
+                    .map_err(witan_status("AuthEnable"))?;
+            }
+            AuthStep::Done => {}
+        }
+        Ok(())
     }
 }

@@ -17,6 +17,10 @@ use crate::{
 pub const CLIENT_PORT: i32 = 2379;
 /// Peer (Raft) port of every member (etcd's).
 pub const PEER_PORT: i32 = 2380;
+/// Plain-http port of `/metrics` and the health endpoints when the client
+/// port demands TLS (etcd's `--listen-metrics-urls`, usually 2381), so
+/// kubelet probes and Prometheus need no client certificate.
+pub const METRICS_PORT: i32 = 2381;
 /// Image repository used when the spec names no image.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "witan";
 /// Field manager of every server-side apply the operator makes.
@@ -28,6 +32,8 @@ pub struct ClusterNames {
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    /// `spec.tls` is set: every client and peer URL is https.
+    pub tls: bool,
 }
 
 impl ClusterNames {
@@ -44,6 +50,7 @@ impl ClusterNames {
             name: kvc.name_any(),
             namespace,
             uid,
+            tls: kvc.spec.tls.is_some(),
         })
     }
 
@@ -100,14 +107,39 @@ impl ClusterNames {
         )
     }
 
+    /// `https` with `spec.tls`, else `http`.
+    #[must_use]
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     #[must_use]
     pub fn peer_url(&self, member: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.member_host(member))
+        format!(
+            "{}://{}:{PEER_PORT}",
+            self.scheme(),
+            self.member_host(member)
+        )
     }
 
     #[must_use]
     pub fn client_url(&self, member: &str) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.member_host(member))
+        format!(
+            "{}://{}:{CLIENT_PORT}",
+            self.scheme(),
+            self.member_host(member)
+        )
+    }
+
+    /// The client Service's URL (what backup jobs connect to).
+    #[must_use]
+    pub fn client_service_url(&self) -> String {
+        format!(
+            "{}://{}.{}.svc:{CLIENT_PORT}",
+            self.scheme(),
+            self.client_service(),
+            self.namespace
+        )
     }
 
     /// The member a peer URL belongs to, if it is one of this cluster's.
@@ -115,7 +147,11 @@ impl ClusterNames {
     /// name, so the operator identifies members by peer URL.
     #[must_use]
     pub fn member_of_peer_url(&self, url: &str) -> Option<String> {
-        let host = url.strip_prefix("http://")?.split(':').next()?;
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))?
+            .split(':')
+            .next()?;
         let suffix = format!(".{}.{}.svc", self.headless_service(), self.namespace);
         let member = host.strip_suffix(suffix.as_str())?;
         self.ordinal_of(member).map(|_| member.to_string())
@@ -190,6 +226,7 @@ mod tests {
             name: "kv".into(),
             namespace: "prod".into(),
             uid: "u-1".into(),
+            tls: false,
         }
     }
 
@@ -198,6 +235,22 @@ mod tests {
         let n = names();
         assert_eq!(n.peer_url("kv-2"), "http://kv-2.kv-peer.prod.svc:2380");
         assert_eq!(n.client_url("kv-0"), "http://kv-0.kv-peer.prod.svc:2379");
+        assert_eq!(n.client_service_url(), "http://kv-client.prod.svc:2379");
+    }
+
+    #[test]
+    fn with_tls_every_url_is_https_and_still_maps_back() {
+        let n = ClusterNames {
+            tls: true,
+            ..names()
+        };
+        assert_eq!(n.peer_url("kv-2"), "https://kv-2.kv-peer.prod.svc:2380");
+        assert_eq!(n.client_url("kv-0"), "https://kv-0.kv-peer.prod.svc:2379");
+        assert_eq!(n.client_service_url(), "https://kv-client.prod.svc:2379");
+        assert_eq!(
+            n.member_of_peer_url(&n.peer_url("kv-1")).as_deref(),
+            Some("kv-1")
+        );
     }
 
     #[test]

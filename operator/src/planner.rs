@@ -383,6 +383,7 @@ mod tests {
             name: "kv".into(),
             namespace: "prod".into(),
             uid: "u".into(),
+            tls: false,
         }
     }
 

@@ -134,6 +134,25 @@ const OPERATOR_GRANTS: &[(&str, &[&str])] = &[
     ),
     ("batch/jobs", &["list", "watch"]),
     ("events.k8s.io/events", &["create", "patch"]),
+    // spec.tls and spec.auth (operator/src/controller/security.rs): read
+    // the TLS client certificate and passwords by name, create its own
+    // credentials once. No list or watch: Secrets cannot be enumerated.
+    ("/secrets", &["get", "create"]),
+    // spec.networkPolicy: applied, and deleted when turned off.
+    (
+        "networking.k8s.io/networkpolicies",
+        &["create", "patch", "delete"],
+    ),
+    // spec.tls.certManager: applied.
+    ("cert-manager.io/certificates", &["create", "patch"]),
+];
+
+/// The default values and each file in `ci/` (what CI lints and renders).
+const EVERY_VALUES_FILE: [&[&str]; 4] = [
+    &[],
+    &["ci/all-on-values.yaml"],
+    &["ci/namespaced-values.yaml"],
+    &["ci/locked-down-values.yaml"],
 ];
 
 /// What leader election does (operator/src/leader_election.rs).
@@ -176,11 +195,7 @@ fn default_values_install_the_operator_and_nothing_optional() {
 
 #[test]
 fn rbac_grants_exactly_what_the_operator_uses_and_no_wildcard() {
-    for values in [
-        &[][..],
-        &["ci/all-on-values.yaml"][..],
-        &["ci/namespaced-values.yaml"][..],
-    ] {
+    for values in EVERY_VALUES_FILE {
         let Some(objects) = render(values) else {
             return;
         };
@@ -188,6 +203,22 @@ fn rbac_grants_exactly_what_the_operator_uses_and_no_wildcard() {
             if let Some(rules) = object.get("rules") {
                 let text = rules.to_string();
                 assert!(!text.contains('*'), "wildcard in {values:?}: {text}");
+                // Privilege escalation through RBAC itself is never granted.
+                for verb in ["escalate", "bind", "impersonate"] {
+                    assert!(!text.contains(verb), "{verb} in {values:?}: {text}");
+                }
+                // Secrets can be read by name only, never enumerated.
+                let rules: Vec<PolicyRule> =
+                    serde_json::from_value(rules.clone()).expect("rules parse");
+                for rule in rules {
+                    if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                        assert!(
+                            !rule.verbs.iter().any(|v| v == "list" || v == "watch"),
+                            "{values:?}: {:?}",
+                            rule.verbs
+                        );
+                    }
+                }
             }
         }
         let workload = objects
@@ -306,4 +337,119 @@ fn optional_monitors_and_the_example_cluster_render_when_enabled() {
         example.spec.storage.storage_class_name.as_deref(),
         Some("fast")
     );
+}
+
+/// PodSecurity `restricted` for a rendered pod spec, beyond the container
+/// checks above: no host namespaces, no hostPath, only restricted volume
+/// types, every container locked down.
+fn assert_restricted(pod: &Value) {
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(pod.get(host).is_none_or(|v| v == false), "{host}");
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        assert!(volume.get("hostPath").is_none(), "{volume}");
+    }
+    for c in pod["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+    {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert!(sc["capabilities"].get("add").is_none());
+        assert!(sc.get("privileged").is_none_or(|v| v == false));
+        for port in c["ports"].as_array().into_iter().flatten() {
+            assert!(port.get("hostPort").is_none(), "{port}");
+        }
+    }
+}
+
+#[test]
+fn the_operator_pod_meets_the_restricted_profile_under_every_values_file() {
+    for values in EVERY_VALUES_FILE {
+        let Some(objects) = render(values) else {
+            return;
+        };
+        assert_restricted(&one(&objects, "Deployment")["spec"]["template"]["spec"]);
+    }
+}
+
+#[test]
+fn the_operator_network_policy_is_off_by_default_and_admits_only_monitoring() {
+    let Some(objects) = render(&[]) else { return };
+    assert!(!kinds(&objects).contains(&"NetworkPolicy".to_string()));
+
+    let Some(objects) = render(&["ci/all-on-values.yaml"]) else {
+        return;
+    };
+    let policy = one(&objects, "NetworkPolicy");
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": "http-metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+
+    // Nobody listed: no ingress at all, never an empty `from` (= everyone).
+    let Some(objects) = render(&["ci/locked-down-values.yaml"]) else {
+        return;
+    };
+    let policy = one(&objects, "NetworkPolicy");
+    assert_eq!(policy["spec"]["ingress"], serde_json::json!([]));
+}
+
+#[test]
+fn network_policies_of_kvclusters_admit_the_operator_by_the_label_its_pods_carry() {
+    let Some(objects) = render(&["ci/all-on-values.yaml"]) else {
+        return;
+    };
+    let deployment = one(&objects, "Deployment");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env");
+    let label = env
+        .iter()
+        .find(|v| v["name"] == "WITAN_OPERATOR_POD_NAME_LABEL")
+        .expect("WITAN_OPERATOR_POD_NAME_LABEL");
+    assert_eq!(label["value"], labels["app.kubernetes.io/name"]);
+}
+
+#[test]
+fn the_member_pod_monitor_scrapes_tls_members_on_their_metrics_port() {
+    let Some(objects) = render(&["ci/all-on-values.yaml"]) else {
+        return;
+    };
+    let monitor = one(&objects, "PodMonitor");
+    let endpoints = monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .expect("endpoints");
+    assert_eq!(endpoints[0]["port"], "client");
+    assert_eq!(
+        endpoints[0]["relabelings"][0],
+        serde_json::json!({"sourceLabels": ["__meta_kubernetes_pod_label_witan_io_tls"],
+            "regex": "true", "action": "drop"})
+    );
+    assert_eq!(endpoints[1]["port"], "metrics");
 }

@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use witan_operator::members::{EtcdMembers, MemberApi};
+use witan_operator::{
+    access::Access,
+    members::{EtcdMembers, MemberApi},
+};
 use witan_tests::{Cluster, json, poll_until};
 
 #[test]
@@ -27,7 +30,7 @@ fn change_voters_promotes_two_learners_at_once() {
     // Learners need a moment to catch up; the call is idempotent.
     poll_until(Duration::from_secs(30), "ChangeVoters to 5", || {
         runtime
-            .block_on(api.change_voters(&endpoints, &ids))
+            .block_on(api.change_voters(&endpoints, &Access::default(), &ids))
             .map_err(|e| e.to_string())
     });
     let listed = json(&cluster.ctl_on(0, &["member", "list", "-w", "json"]));
@@ -41,7 +44,7 @@ fn change_voters_promotes_two_learners_at_once() {
     // An even voter set is refused with witan's message.
     let four: BTreeSet<u64> = ids.iter().copied().take(4).collect();
     let err = runtime
-        .block_on(api.change_voters(&endpoints, &four))
+        .block_on(api.change_voters(&endpoints, &Access::default(), &four))
         .expect_err("an even voter set");
     assert!(err.to_string().contains("odd size"), "{err}");
 }

@@ -28,7 +28,7 @@ pub mod verify;
 
 use std::{path::PathBuf, time::Duration};
 
-use etcd_client::{Client, ConnectOptions};
+use crate::access::{Access, ClientTls, Credentials};
 use k8s_openapi::jiff::Timestamp;
 use object_store::{ObjectStoreExt as _, buffered::BufWriter, path::Path as ObjectPath};
 use tokio::io::AsyncWriteExt as _;
@@ -92,6 +92,21 @@ pub struct BackupArgs {
         default_value_t = 10
     )]
     pub connect_timeout_seconds: u64,
+    /// CA certificate (PEM) that verifies the members (etcdctl's `--cacert`);
+    /// https endpoints need it.
+    #[arg(long, env = "WITAN_BACKUP_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the members (`--cert`).
+    #[arg(long, env = "WITAN_BACKUP_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM) (`--key`).
+    #[arg(long, env = "WITAN_BACKUP_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// User to authenticate as when the cluster has auth enabled.
+    #[arg(long, env = "WITAN_BACKUP_USER", requires = "password")]
+    pub user: Option<String>,
+    #[arg(long, env = "WITAN_BACKUP_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
     /// Bound on the whole run, in seconds.
     #[arg(long, env = "WITAN_BACKUP_TIMEOUT_SECONDS", default_value_t = 1800)]
     pub timeout_seconds: u64,
@@ -181,14 +196,18 @@ async fn take(args: &BackupArgs) -> Result<BackupReport, BackupError> {
     })?;
     let prefix = destination.prefix();
 
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(args.connect_timeout_seconds));
-    let mut client = Client::connect(&args.endpoints, Some(options))
-        .await
-        .map_err(|source| BackupError::Etcd {
-            what: "connecting to the cluster",
-            source,
-        })?;
+    let access = access(args)?;
+    let mut client = crate::access::connect(
+        &args.endpoints,
+        &access,
+        Duration::from_secs(args.connect_timeout_seconds),
+        None,
+    )
+    .await
+    .map_err(|source| BackupError::Etcd {
+        what: "connecting to the cluster",
+        source,
+    })?;
     let time = Timestamp::now();
     let mut stream = client
         .snapshot()
@@ -285,6 +304,37 @@ async fn take(args: &BackupArgs) -> Result<BackupReport, BackupError> {
         sha256: verified.sha256,
         pruned,
     })
+}
+
+/// The TLS material and credentials the flags name, read from disk.
+fn access(args: &BackupArgs) -> Result<Access, BackupError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| BackupError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })
+    };
+    let tls = match (&args.cacert, &args.cert, &args.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        }),
+        _ => {
+            return Err(BackupError::Config(
+                "--cacert, --cert and --key go together".into(),
+            ));
+        }
+    };
+    let credentials = match (&args.user, &args.password) {
+        (Some(user), Some(password)) => Some(Credentials {
+            user: user.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    };
+    Ok(Access { tls, credentials })
 }
 
 /// Deletes what [`retention::to_prune`] chooses; returns their locations.

@@ -63,6 +63,10 @@ struct Config {
     /// How often candidates try to take the lease and the leader renews it.
     #[arg(long, env = "WITAN_OPERATOR_RETRY_PERIOD", default_value = "2s", value_parser = humantime_duration)]
     retry_period: std::time::Duration,
+    /// `app.kubernetes.io/name` label of this operator's pods: KvCluster
+    /// NetworkPolicies admit pods with it (in `--namespace`) to the client port.
+    #[arg(long, env = "WITAN_OPERATOR_POD_NAME_LABEL", default_value = witan_operator::controller::OPERATOR_POD_NAME_LABEL)]
+    pod_name_label: String,
     /// Image of the backup CronJobs (this operator's image).
     #[arg(long, env = "WITAN_OPERATOR_BACKUP_IMAGE")]
     backup_image: Option<String>,
@@ -194,6 +198,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(image) = config.backup_image.clone() {
         ctx.backup_image = image;
     }
+    // KvCluster NetworkPolicies admit this operator's pods by namespace too.
+    ctx.operator_peer = witan_operator::resources::network_policy::operator_peer(
+        config.namespace.as_deref(),
+        std::collections::BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            config.pod_name_label.clone(),
+        )]),
+    );
     let ctx = Arc::new(ctx);
 
     let app = Router::new()

@@ -15,6 +15,7 @@ use tower_test::mock::{self, Handle};
 
 use super::*;
 use crate::{
+    access::Access,
     crd::{KvClusterStatus, Phase},
     members::MemberError,
     observed::{Membership, ObservedMember},
@@ -26,6 +27,7 @@ use crate::{
 struct FakeMembers {
     membership: Option<Membership>,
     calls: Mutex<Vec<String>>,
+    auth: Mutex<crate::auth::AuthState>,
 }
 
 impl FakeMembers {
@@ -39,6 +41,7 @@ impl MemberApi for FakeMembers {
         &'a self,
         _names: &'a ClusterNames,
         _endpoints: &'a [String],
+        _access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<Membership>, MemberError>> {
         Box::pin(async { Ok(self.membership.clone()) })
     }
@@ -46,6 +49,7 @@ impl MemberApi for FakeMembers {
     fn add_learner<'a>(
         &'a self,
         _endpoints: &'a [String],
+        _access: &'a Access,
         peer_url: &'a str,
     ) -> BoxFuture<'a, Result<u64, MemberError>> {
         self.record(format!("add_learner {peer_url}"));
@@ -55,6 +59,7 @@ impl MemberApi for FakeMembers {
     fn change_voters<'a>(
         &'a self,
         _endpoints: &'a [String],
+        _access: &'a Access,
         voters: &'a BTreeSet<u64>,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         self.record(format!("change_voters {voters:?}"));
@@ -64,6 +69,7 @@ impl MemberApi for FakeMembers {
     fn move_leader<'a>(
         &'a self,
         endpoints: &'a [String],
+        _access: &'a Access,
         to: u64,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         self.record(format!("move_leader {endpoints:?} {to}"));
@@ -73,9 +79,47 @@ impl MemberApi for FakeMembers {
     fn remove_member<'a>(
         &'a self,
         _endpoints: &'a [String],
+        _access: &'a Access,
         id: u64,
     ) -> BoxFuture<'a, Result<(), MemberError>> {
         self.record(format!("remove_member {id}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn auth_state<'a>(
+        &'a self,
+        _endpoints: &'a [String],
+        _access: &'a Access,
+    ) -> BoxFuture<'a, Result<crate::auth::AuthState, MemberError>> {
+        Box::pin(async { Ok(self.auth.lock().unwrap().clone()) })
+    }
+
+    fn auth_apply<'a>(
+        &'a self,
+        _endpoints: &'a [String],
+        _access: &'a Access,
+        step: &'a crate::auth::AuthStep,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemberError>> {
+        use crate::auth::AuthStep;
+        self.record(format!("auth {step:?} password={password}"));
+        let mut auth = self.auth.lock().unwrap();
+        match step {
+            AuthStep::AddRootRole => {
+                auth.roles.insert("root".into());
+            }
+            AuthStep::AddUser { user } => {
+                auth.users.insert(user.clone(), BTreeSet::new());
+            }
+            AuthStep::GrantRoot { user } => {
+                auth.users
+                    .entry(user.clone())
+                    .or_default()
+                    .insert("root".into());
+            }
+            AuthStep::Enable => auth.enabled = true,
+            AuthStep::Done => {}
+        }
         Box::pin(async { Ok(()) })
     }
 }

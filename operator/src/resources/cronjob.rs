@@ -16,11 +16,12 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta};
 
 use crate::{
+    auth::{PASSWORD_KEY, USER_KEY, credentials_secret},
     backup::{CONTAINER, DEFAULT_TERMINATION_LOG},
     crd::{BackupLocation, BackupSpec, KvCluster},
     error::Result,
-    names::{CLIENT_PORT, ClusterNames},
-    resources::{child_meta, statefulset::RUN_AS},
+    names::ClusterNames,
+    resources::{child_meta, statefulset::RUN_AS, tls},
 };
 
 /// Where a PVC destination is mounted in the backup pod.
@@ -75,20 +76,25 @@ pub fn build(
 
     let mut args = vec![
         "backup".to_string(),
-        format!(
-            "--endpoints=http://{}.{}.svc:{CLIENT_PORT}",
-            names.client_service(),
-            names.namespace
-        ),
+        format!("--endpoints={}", names.client_service_url()),
         format!("--cluster={}", names.name),
         format!("--retention={}", backup.retention.max(1)),
     ];
     let parts = location_parts(&backup.destination, false);
     args.push(format!("--destination={}", parts.target));
     args.extend(parts.s3_args);
-    let env = parts.env;
-    let volumes: Vec<Volume> = parts.volume.into_iter().collect();
-    let volume_mounts: Vec<VolumeMount> = parts.mount.into_iter().collect();
+    let mut env = parts.env;
+    let mut volumes: Vec<Volume> = parts.volume.into_iter().collect();
+    let mut volume_mounts: Vec<VolumeMount> = parts.mount.into_iter().collect();
+    if let Some(spec) = &kvc.spec.tls {
+        let (volume, mount) = tls::client_volume(spec, names);
+        volumes.push(volume);
+        volume_mounts.push(mount);
+        args.extend(tls::client_flags());
+    }
+    if kvc.spec.auth_enabled() {
+        env.extend(credentials_env(names));
+    }
 
     let container = Container {
         name: CONTAINER.into(),
@@ -164,6 +170,29 @@ pub fn build(
         }),
         status: None,
     })
+}
+
+/// The operator's user and password, by reference to its credentials
+/// Secret: the backup job authenticates as the operator does.
+fn credentials_env(names: &ClusterNames) -> Vec<EnvVar> {
+    [
+        ("WITAN_BACKUP_USER", USER_KEY),
+        ("WITAN_BACKUP_PASSWORD", PASSWORD_KEY),
+    ]
+    .into_iter()
+    .map(|(name, key)| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: credentials_secret(&names.name),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    })
+    .collect()
 }
 
 /// How a pod reaches a backup location: the `--destination`/`--source`
@@ -243,7 +272,7 @@ mod tests {
     use super::*;
     use crate::{
         crd::{PvcLocation, S3Location},
-        resources::testing::{assert_owned, kvc},
+        resources::testing::{assert_owned, kvc, strings},
     };
 
     fn pvc_backup() -> BackupSpec {
@@ -350,12 +379,7 @@ mod tests {
         let pod = pod_spec(&json);
         assert!(pod.get("volumes").is_none());
         let c = &pod["containers"][0];
-        let args: Vec<&str> = c["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = strings(&c["args"]);
         for expected in [
             "--destination=s3://backups/prod/kv",
             "--s3-endpoint=http://minio.storage:9000",
@@ -392,5 +416,51 @@ mod tests {
         assert_eq!(sc["readOnlyRootFilesystem"], true);
         assert_eq!(sc["runAsNonRoot"], true);
         assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    }
+
+    #[test]
+    fn with_tls_and_auth_the_job_presents_the_operators_certificate_and_user() {
+        let mut kvc = kvc(3);
+        kvc.spec.tls = Some(crate::crd::TlsSpec::default());
+        kvc.spec.auth = Some(crate::crd::AuthSpec {
+            enabled: true,
+            root_password_secret_ref: crate::crd::SecretKeyRef {
+                name: "root-pw".into(),
+                key: "password".into(),
+            },
+        });
+        let names = ClusterNames::of(&kvc).unwrap();
+        let json = serde_json::to_value(
+            build(&kvc, &names, &pvc_backup(), "witan-operator:test").unwrap(),
+        )
+        .unwrap();
+        let pod = pod_spec(&json);
+        crate::resources::testing::assert_restricted_pod(pod);
+        let c = &pod["containers"][0];
+        let args = strings(&c["args"]);
+        assert!(args.contains(&"--endpoints=https://kv-client.prod.svc:2379"));
+        assert!(args.contains(&"--cacert=/etc/witan/tls/client/ca.crt"));
+        assert!(args.contains(&"--cert=/etc/witan/tls/client/tls.crt"));
+        assert!(args.contains(&"--key=/etc/witan/tls/client/tls.key"));
+        assert!(c["volumeMounts"].as_array().unwrap().contains(&json!(
+            {"name": "tls-client", "mountPath": "/etc/witan/tls/client", "readOnly": true}
+        )));
+        assert!(pod["volumes"].as_array().unwrap().contains(&json!(
+            {"name": "tls-client", "secret": {"secretName": "kv-operator-tls", "optional": false}}
+        )));
+        let env = c["env"].as_array().unwrap();
+        assert!(env.contains(
+            &json!({"name": "WITAN_BACKUP_USER", "valueFrom": {"secretKeyRef":
+            {"name": "kv-operator-auth", "key": "username", "optional": false}}})
+        ));
+        assert!(env.contains(
+            &json!({"name": "WITAN_BACKUP_PASSWORD", "valueFrom": {"secretKeyRef":
+            {"name": "kv-operator-auth", "key": "password", "optional": false}}})
+        ));
+        // Without them, plain http and no credentials.
+        let plain = cronjob(&pvc_backup());
+        let c = &pod_spec(&plain)["containers"][0];
+        assert!(c["args"][1] == "--endpoints=http://kv-client.prod.svc:2379");
+        assert!(c.get("env").is_none());
     }
 }

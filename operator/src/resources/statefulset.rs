@@ -30,8 +30,8 @@ use crate::{
     backup::DEFAULT_TERMINATION_LOG,
     crd::{KvCluster, LATEST, RestoreSpec, VolumePolicy},
     error::Result,
-    names::{CLIENT_PORT, ClusterNames, PEER_PORT, image},
-    resources::{child_meta, cronjob},
+    names::{CLIENT_PORT, ClusterNames, METRICS_PORT, PEER_PORT, image},
+    resources::{child_meta, cronjob, tls},
     restore::{self, argv},
 };
 
@@ -44,6 +44,9 @@ pub const DATA_DIR: &str = "/var/lib/witan/data";
 pub const RUN_AS: i64 = 65532;
 /// The emptyDir the restore init containers share.
 pub const RESTORE_VOLUME: &str = "restore";
+
+/// Label on member pods whose client port speaks TLS.
+pub const TLS_LABEL: &str = "witan.io/tls";
 
 /// Where the node image has `witan` (the Dockerfile's ENTRYPOINT).
 pub const WITAN_BINARY: &str = "/usr/local/bin/witan";
@@ -59,6 +62,11 @@ pub fn build(
     let spec = &kvc.spec;
     let mut pod_labels = names.labels();
     pod_labels.insert("witan.io/cluster".into(), names.name.clone());
+    if spec.tls.is_some() {
+        // Monitoring scrapes such members on the plain-http metrics port,
+        // not the client port (charts/witan/templates/podmonitor.yaml).
+        pod_labels.insert(TLS_LABEL.into(), "true".into());
+    }
 
     Ok(StatefulSet {
         metadata: child_meta(kvc, names, names.statefulset())?,
@@ -122,6 +130,16 @@ fn pod_spec(kvc: &KvCluster, names: &ClusterNames, operator_image: &str) -> PodS
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }];
+    let mut member = container(kvc, names);
+    if let Some(spec) = &kvc.spec.tls {
+        for (volume, mount) in tls::member_volumes(spec, names) {
+            volumes.push(volume);
+            member
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(mount);
+        }
+    }
     let restore = kvc.spec.bootstrap.as_ref().and_then(|b| b.restore.as_ref());
     let init_containers = restore.map(|restore| {
         volumes.extend(restore_volumes(restore));
@@ -129,7 +147,7 @@ fn pod_spec(kvc: &KvCluster, names: &ClusterNames, operator_image: &str) -> PodS
     });
     PodSpec {
         init_containers,
-        containers: vec![container(kvc, names)],
+        containers: vec![member],
         // Service links would inject `<SERVICE>_PORT`-style variables; a
         // Service named `witan-...` would then produce `WITAN_*` variables
         // that the member reads as flags.
@@ -190,6 +208,7 @@ fn member_env(names: &ClusterNames) -> Vec<EnvVar> {
         names.headless_service(),
         names.namespace
     );
+    let scheme = names.scheme();
     vec![
         EnvVar {
             name: "WITAN_NAME".into(),
@@ -205,19 +224,19 @@ fn member_env(names: &ClusterNames) -> Vec<EnvVar> {
         env_value("WITAN_DATA_DIR", DATA_DIR.into()),
         env_value(
             "WITAN_LISTEN_CLIENT_URLS",
-            format!("http://0.0.0.0:{CLIENT_PORT}"),
+            format!("{scheme}://0.0.0.0:{CLIENT_PORT}"),
         ),
         env_value(
             "WITAN_ADVERTISE_CLIENT_URLS",
-            format!("http://{host}:{CLIENT_PORT}"),
+            format!("{scheme}://{host}:{CLIENT_PORT}"),
         ),
         env_value(
             "WITAN_LISTEN_PEER_URLS",
-            format!("http://0.0.0.0:{PEER_PORT}"),
+            format!("{scheme}://0.0.0.0:{PEER_PORT}"),
         ),
         env_value(
             "WITAN_INITIAL_ADVERTISE_PEER_URLS",
-            format!("http://{host}:{PEER_PORT}"),
+            format!("{scheme}://{host}:{PEER_PORT}"),
         ),
         // The operator adds every new member as a learner before one joint
         // change promotes them all: growing 1 -> 9 adds 8 at once, where
@@ -260,10 +279,38 @@ pub(crate) fn restricted() -> SecurityContext {
 
 fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
     let env = member_env(names);
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("client".into()),
+            container_port: CLIENT_PORT,
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("peer".into()),
+            container_port: PEER_PORT,
+            ..ContainerPort::default()
+        },
+    ];
+    // With TLS the client port may demand a client certificate, which a
+    // kubelet probe cannot present: probe the plain-http metrics port.
+    let mut args = Vec::new();
+    let probe_port = match &kvc.spec.tls {
+        Some(spec) => {
+            args.extend(tls::member_flags(spec));
+            ports.push(ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                ..ContainerPort::default()
+            });
+            "metrics"
+        }
+        None => "client",
+    };
+    args.extend(kvc.spec.extra_flags.iter().cloned());
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("client".into()),
+            port: IntOrString::String(probe_port.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -274,22 +321,11 @@ fn container(kvc: &KvCluster, names: &ClusterNames) -> Container {
     Container {
         name: "witan".into(),
         image: Some(image(kvc)),
-        args: (!kvc.spec.extra_flags.is_empty()).then(|| kvc.spec.extra_flags.clone()),
+        args: (!args.is_empty()).then_some(args),
         env: Some(env),
         // --initial-cluster, --initial-cluster-state, --initial-cluster-token.
         env_from: Some(configmap_env(names)),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".into()),
-                container_port: CLIENT_PORT,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("peer".into()),
-                container_port: PEER_PORT,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(ports),
         // A restored or large member may take a while to open its store.
         startup_probe: Some(probe("/livez", 2, 150)),
         liveness_probe: Some(probe("/livez", 10, 3)),
@@ -470,8 +506,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        crd::{BackupLocation, BootstrapSpec, PvcLocation, S3Location},
-        resources::testing::{assert_owned, kvc},
+        crd::{BackupLocation, BootstrapSpec, PvcLocation, S3Location, TlsSpec},
+        resources::testing::{assert_owned, assert_restricted_pod, kvc, strings},
     };
 
     fn sts_json(kvc: &KvCluster, replicas: i32) -> Value {
@@ -587,6 +623,88 @@ mod tests {
         assert_eq!(pod["enableServiceLinks"], false);
     }
 
+    fn with_tls(client_cert_auth: bool) -> KvCluster {
+        let mut kvc = kvc(3);
+        kvc.spec.tls = Some(TlsSpec {
+            client_cert_auth,
+            ..TlsSpec::default()
+        });
+        kvc.spec.extra_flags = vec!["--snapshot-count=5000".into()];
+        kvc
+    }
+
+    #[test]
+    fn tls_mounts_the_secrets_read_only_uses_https_and_probes_the_metrics_port() {
+        let json = sts_json(&with_tls(true), 3);
+        let pod = &json["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let env = env(&json);
+        assert_eq!(
+            env["WITAN_INITIAL_ADVERTISE_PEER_URLS"],
+            "https://$(WITAN_NAME).kv-peer.prod.svc:2380"
+        );
+        assert_eq!(
+            env["WITAN_ADVERTISE_CLIENT_URLS"],
+            "https://$(WITAN_NAME).kv-peer.prod.svc:2379"
+        );
+        assert_eq!(env["WITAN_LISTEN_CLIENT_URLS"], "https://0.0.0.0:2379");
+        assert_eq!(env["WITAN_LISTEN_PEER_URLS"], "https://0.0.0.0:2380");
+        let args = strings(&c["args"]);
+        assert!(args.contains(&"--client-cert-auth"));
+        assert!(args.contains(&"--peer-client-cert-auth"));
+        assert!(args.contains(&"--cert-file=/etc/witan/tls/server/tls.crt"));
+        assert!(args.contains(&"--listen-metrics-urls=http://0.0.0.0:2381"));
+        // The user's flags come last, so they can override ours.
+        assert_eq!(args.last(), Some(&"--snapshot-count=5000"));
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+        }
+        assert_eq!(
+            c["ports"][2],
+            json!({"name": "metrics", "containerPort": 2381})
+        );
+        assert_eq!(
+            json["spec"]["template"]["metadata"]["labels"]["witan.io/tls"],
+            "true"
+        );
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({"name": "tls-server",
+            "mountPath": "/etc/witan/tls/server", "readOnly": true})));
+        assert!(mounts.contains(&json!({"name": "tls-peer",
+            "mountPath": "/etc/witan/tls/peer", "readOnly": true})));
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert!(volumes.contains(&json!({"name": "tls-server",
+            "secret": {"secretName": "kv-server-tls", "optional": false}})));
+        assert!(volumes.contains(&json!({"name": "tls-peer",
+            "secret": {"secretName": "kv-peer-tls", "optional": false}})));
+
+        let without = sts_json(&with_tls(false), 3);
+        let args = strings(&without["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(!args.contains(&"--client-cert-auth"));
+    }
+
+    #[test]
+    fn rotating_a_certificate_cannot_change_the_pod_template() {
+        // The template names the Secrets and nothing about their content:
+        // no checksum annotation, so a renewed certificate rolls nothing
+        // (the node reloads the files).
+        let json = sts_json(&with_tls(true), 3);
+        let template = &json["spec"]["template"];
+        assert!(template["metadata"].get("annotations").is_none());
+        assert!(!template.to_string().contains("checksum"));
+    }
+
+    #[test]
+    fn every_member_pod_shape_meets_the_restricted_profile_without_api_access() {
+        let mut restoring = restoring("latest", s3_source());
+        restoring.spec.tls = Some(TlsSpec::default());
+        for kvc in [kvc(3), with_tls(true), restoring] {
+            let json = sts_json(&kvc, 3);
+            let pod = &json["spec"]["template"]["spec"];
+            assert_restricted_pod(pod);
+        }
+    }
+
     #[test]
     fn each_pod_derives_its_member_flags_from_its_own_name() {
         let json = sts_json(&kvc(3), 3);
@@ -698,14 +816,6 @@ mod tests {
                 credentials_secret_name: "s3-creds".into(),
             }),
         }
-    }
-
-    fn strings(v: &Value) -> Vec<&str> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect()
     }
 
     #[test]
