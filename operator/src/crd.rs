@@ -69,6 +69,11 @@ pub const ALLOWED_REPLICAS: [i32; 5] = [1, 3, 5, 7, 9];
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Members register their peer URLs (http or https) in Raft when they join:
+// switching TLS on or off later would need every member re-registered.
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message(
+    "spec.tls cannot be added or removed once the cluster exists: members registered their peer URLs with the scheme they started with"
+))]
 pub struct KvClusterSpec {
     /// Number of voting members: 1, 3, 5, 7 or 9.
     #[serde(default = "default_replicas")]
@@ -448,6 +453,39 @@ mod tests {
             location["x-kubernetes-validations"][0]["rule"],
             "has(self.pvc) != has(self.s3)"
         );
+    }
+
+    #[test]
+    fn tls_can_only_be_chosen_at_creation() {
+        let crd = crd_json();
+        let spec = &version(&crd)["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "has(self.tls) == has(oldSelf.tls)"
+        );
+    }
+
+    #[test]
+    fn security_fields_parse_with_their_defaults() {
+        let spec: KvClusterSpec = serde_json::from_value(json!({
+            "tls": {"certManager": {"issuerRef": {"name": "ca"}}},
+            "auth": {"enabled": true, "rootPasswordSecretRef": {"name": "root"}},
+            "networkPolicy": {"enabled": true},
+        }))
+        .expect("parses");
+        let tls = spec.tls.as_ref().expect("tls");
+        assert!(tls.client_cert_auth, "mTLS unless turned off");
+        let issuer = &tls.cert_manager.as_ref().expect("certManager").issuer_ref;
+        assert_eq!(issuer.kind, "Issuer");
+        assert_eq!(issuer.group, "cert-manager.io");
+        assert_eq!(tls.server_secret("kv"), "kv-server-tls");
+        assert_eq!(tls.peer_secret("kv"), "kv-peer-tls");
+        assert_eq!(tls.operator_secret("kv"), "kv-operator-tls");
+        let auth = spec.auth.as_ref().expect("auth");
+        assert_eq!(auth.root_password_secret_ref.key, "password");
+        assert!(spec.auth_enabled());
+        let policy = spec.network_policy.as_ref().expect("networkPolicy");
+        assert!(policy.clients.is_empty() && policy.monitoring.is_empty());
     }
 
     #[test]
