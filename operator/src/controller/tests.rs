@@ -28,6 +28,8 @@ struct FakeMembers {
     membership: Option<Membership>,
     calls: Mutex<Vec<String>>,
     auth: Mutex<crate::auth::AuthState>,
+    /// The access each observe was given.
+    accesses: Mutex<Vec<Access>>,
 }
 
 impl FakeMembers {
@@ -41,8 +43,9 @@ impl MemberApi for FakeMembers {
         &'a self,
         _names: &'a ClusterNames,
         _endpoints: &'a [String],
-        _access: &'a Access,
+        access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<Membership>, MemberError>> {
+        self.accesses.lock().unwrap().push(access.clone());
         Box::pin(async { Ok(self.membership.clone()) })
     }
 
@@ -619,4 +622,176 @@ async fn a_failed_backup_run_sets_backup_ready_false_with_the_error() {
         "kv-backup-29000000-abcde: uploading: access denied"
     );
     reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+fn secret(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "prod"}, "data": data})
+}
+
+const SECRETS: &str = "/api/v1/namespaces/prod/secrets";
+
+#[tokio::test]
+async fn a_secured_cluster_is_reached_with_its_certificate_fenced_and_gets_auth_turned_on() {
+    use crate::crd::{AuthSpec, NetworkPolicySpec, SecretKeyRef, TlsSpec};
+    let members = Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    });
+    let (ctx, mut server) = context(members.clone());
+    let mut secured = kvc(3);
+    secured.spec.tls = Some(TlsSpec {
+        client_cert_auth: true,
+        ..TlsSpec::default()
+    });
+    secured.spec.auth = Some(AuthSpec {
+        enabled: true,
+        root_password_secret_ref: SecretKeyRef {
+            name: "root-pw".into(),
+            key: "password".into(),
+        },
+    });
+    secured.spec.network_policy = Some(NetworkPolicySpec {
+        enabled: true,
+        ..NetworkPolicySpec::default()
+    });
+    let reconcile = tokio::spawn(reconcile(Arc::new(secured), ctx));
+
+    expect(
+        &mut server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    // The operator's client certificate, read by name.
+    expect(
+        &mut server,
+        Method::GET,
+        &format!("{SECRETS}/kv-operator-tls"),
+        Reply::Json(secret(
+            "kv-operator-tls",
+            json!({"ca.crt": "Q0E=", "tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}),
+        )),
+    )
+    .await;
+    // Its own credentials: none yet, so it makes them, owned by the cluster.
+    expect(
+        &mut server,
+        Method::GET,
+        &format!("{SECRETS}/kv-operator-auth"),
+        Reply::NotFound,
+    )
+    .await;
+    let created = expect(&mut server, Method::POST, SECRETS, Reply::Echo).await;
+    assert_eq!(created["metadata"]["name"], "kv-operator-auth");
+    assert_eq!(
+        created["metadata"]["ownerReferences"][0]["kind"],
+        "KvCluster"
+    );
+    assert_eq!(created["stringData"]["username"], "witan-operator");
+    let password = created["stringData"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(password.len(), 32);
+
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    expect_fixed_children(&mut server, false).await;
+    let policy = expect(
+        &mut server,
+        Method::PATCH,
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/kv",
+        Reply::Echo,
+    )
+    .await;
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let configmap = expect(
+        &mut server,
+        Method::PATCH,
+        "/api/v1/namespaces/prod/configmaps/kv-config",
+        Reply::Echo,
+    )
+    .await;
+    assert!(
+        configmap["data"]["WITAN_INITIAL_CLUSTER"]
+            .as_str()
+            .unwrap()
+            .contains("kv-0=https://kv-0.kv-peer.prod.svc:2380")
+    );
+    let sts = expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!("--client-cert-auth"))
+    );
+
+    // Auth, step by step, each with an Event; root's password from its Secret.
+    let mut reasons = Vec::new();
+    for step in 0..6 {
+        if step == 1 {
+            expect(
+                &mut server,
+                Method::GET,
+                &format!("{SECRETS}/root-pw"),
+                Reply::Json(secret("root-pw", json!({"password": "cm9vdHB3"}))),
+            )
+            .await;
+        }
+        let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+        reasons.push(event["note"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        reasons,
+        [
+            "added role root",
+            "added user root",
+            "granted role root to root",
+            "added user witan-operator",
+            "granted role root to witan-operator",
+            "enabled authentication",
+        ]
+    );
+    expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await;
+    reconcile.await.unwrap().expect("reconcile succeeds");
+
+    let calls = members.calls.lock().unwrap().clone();
+    assert_eq!(calls[1], "auth AddUser { user: \"root\" } password=rootpw");
+    assert_eq!(
+        calls[3],
+        format!("auth AddUser {{ user: \"witan-operator\" }} password={password}")
+    );
+    assert!(members.auth.lock().unwrap().enabled);
+    // The members were observed over TLS with the operator's certificate and user.
+    let access = members.accesses.lock().unwrap()[0].clone();
+    let tls = access.tls.expect("TLS material");
+    assert_eq!(
+        (tls.ca_pem, tls.cert_pem, tls.key_pem),
+        (b"CA".to_vec(), b"CERT".to_vec(), b"KEY".to_vec())
+    );
+    let credentials = access.credentials.expect("credentials");
+    assert_eq!(credentials.user, "witan-operator");
+    assert_eq!(credentials.password, password);
+}
+
+#[tokio::test]
+async fn a_missing_tls_secret_stops_the_reconcile_with_an_event_naming_it() {
+    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+    let mut secured = kvc(3);
+    secured.spec.tls = Some(crate::crd::TlsSpec::default());
+    let reconcile = tokio::spawn(reconcile(Arc::new(secured), ctx));
+    expect(&mut server, Method::GET, STS, Reply::NotFound).await;
+    expect(
+        &mut server,
+        Method::GET,
+        &format!("{SECRETS}/kv-operator-tls"),
+        Reply::NotFound,
+    )
+    .await;
+    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "CredentialsMissing");
+    assert!(event["note"].as_str().unwrap().contains("kv-operator-tls"));
+    let error = reconcile.await.unwrap().expect_err("reconcile fails");
+    assert_eq!(error.metric_label(), "missing_secret");
 }
