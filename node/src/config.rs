@@ -162,6 +162,16 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "WITAN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Auth token type: `simple`, or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m` (etcd's).
+    #[arg(long, env = "WITAN_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, env = "WITAN_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of stored password hashes (4 to 31).
+    #[arg(long, env = "WITAN_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -234,6 +244,23 @@ fn quota_backend_bytes(raw: i64) -> Option<u64> {
     }
 }
 
+/// Reads `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
+fn auth_config(flags: &Flags) -> Result<crate::auth::AuthConfig, ConfigError> {
+    let token = crate::auth::token::parse_auth_token(&flags.auth_token)
+        .map_err(|reason| bad("auth-token", reason))?;
+    if flags.auth_token_ttl == 0 {
+        return Err(bad("auth-token-ttl", "must be positive"));
+    }
+    if !(4..=31).contains(&flags.bcrypt_cost) {
+        return Err(bad("bcrypt-cost", "must be between 4 and 31"));
+    }
+    Ok(crate::auth::AuthConfig {
+        token,
+        token_ttl: Duration::from_secs(flags.auth_token_ttl),
+        bcrypt_cost: flags.bcrypt_cost,
+    })
+}
+
 /// Validated configuration of one member.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -257,6 +284,8 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// The space quota in bytes; `None` when turned off.
     pub quota_backend_bytes: Option<u64>,
+    /// Token type, token TTL and bcrypt cost.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// A flag that does not make sense.
@@ -458,7 +487,9 @@ impl Config {
         }
         let auto_compaction =
             parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
+        let auth = auth_config(&flags)?;
         Ok(Config {
+            auth,
             auto_compaction,
             quota_backend_bytes: quota_backend_bytes(flags.quota_backend_bytes),
             data_dir: flags
@@ -605,6 +636,25 @@ mod tests {
         assert_eq!(
             host_port("http://[::1]:2379"),
             Ok(("::1".to_string(), 2379))
+        );
+    }
+
+    #[test]
+    fn auth_flags() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.auth, crate::auth::AuthConfig::default());
+        let config = parse(&["--auth-token-ttl", "2", "--bcrypt-cost", "4"]).unwrap();
+        assert_eq!(config.auth.token_ttl, Duration::from_secs(2));
+        assert_eq!(config.auth.bcrypt_cost, 4);
+        assert!(parse(&["--bcrypt-cost", "3"]).is_err());
+        assert!(parse(&["--auth-token-ttl", "0"]).is_err());
+        assert!(parse(&["--auth-token", "jwt"]).is_err());
+        assert!(
+            parse(&[
+                "--auth-token",
+                "jwt,sign-method=RS256,pub-key=/p,priv-key=/k"
+            ])
+            .is_ok()
         );
     }
 }

@@ -71,6 +71,40 @@ pub enum EtcdError {
     Unhealthy,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// A `witanpb.Membership/ChangeVoters` request etcd has no error for.
     #[error("witan: {0}")]
     InvalidVoterSet(String),
@@ -86,9 +120,9 @@ impl EtcdError {
         match self {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | InvalidSortOption | MemberBadUrls | InvalidVoterSet(_) => {
-                Code::InvalidArgument
-            }
+            | RequestTooLarge | InvalidSortOption | MemberBadUrls | InvalidVoterSet(_)
+            | UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist
             | NotLeader
@@ -99,7 +133,18 @@ impl EtcdError {
             | MemberNotLearner
             | LearnerNotReady
             | TooManyLearners
-            | BadLeaderTransferee => Code::FailedPrecondition,
+            | BadLeaderTransferee
+            | AuthNotEnabled
+            | RootUserNotExist
+            | RootRoleNotExist
+            | UserAlreadyExist
+            | UserNotFound
+            | RoleAlreadyExist
+            | RoleNotFound
+            | RoleNotGranted
+            | PermissionNotGranted => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy | LeaderTransferTimeout => {
                 Code::Unavailable
             }
@@ -148,6 +193,23 @@ impl EtcdError {
             BadLeaderTransferee => 47,
             Unhealthy => 48,
             LeaderTransferTimeout => 49,
+            AuthNotEnabled => 60,
+            RootUserNotExist => 61,
+            RootRoleNotExist => 62,
+            UserAlreadyExist => 63,
+            UserEmpty => 64,
+            UserNotFound => 65,
+            RoleAlreadyExist => 66,
+            RoleNotFound => 67,
+            RoleEmpty => 68,
+            AuthFailed => 69,
+            PermissionNotGiven => 70,
+            PermissionDenied => 71,
+            RoleNotGranted => 72,
+            PermissionNotGranted => 73,
+            InvalidAuthToken => 74,
+            InvalidAuthMgmt => 75,
+            AuthOldRevision => 76,
             InvalidVoterSet(_) | Internal(_) => 0,
         }
     }
@@ -188,6 +250,23 @@ impl EtcdError {
             47 => BadLeaderTransferee,
             48 => Unhealthy,
             49 => LeaderTransferTimeout,
+            60 => AuthNotEnabled,
+            61 => RootUserNotExist,
+            62 => RootRoleNotExist,
+            63 => UserAlreadyExist,
+            64 => UserEmpty,
+            65 => UserNotFound,
+            66 => RoleAlreadyExist,
+            67 => RoleNotFound,
+            68 => RoleEmpty,
+            69 => AuthFailed,
+            70 => PermissionNotGiven,
+            71 => PermissionDenied,
+            72 => RoleNotGranted,
+            73 => PermissionNotGranted,
+            74 => InvalidAuthToken,
+            75 => InvalidAuthMgmt,
+            76 => AuthOldRevision,
             other => Internal(format!("unknown error code {other}")),
         }
     }
@@ -213,7 +292,7 @@ mod tests {
 
     #[test]
     fn wire_codes_round_trip() {
-        for code in (1..=22).chain(40..=49) {
+        for code in (1..=22).chain(40..=49).chain(60..=76) {
             assert_eq!(EtcdError::from_wire(code).to_wire(), code);
         }
     }
@@ -229,5 +308,26 @@ mod tests {
         let status: Status = EtcdError::LeaseNotFound.into();
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "etcdserver: requested lease not found");
+    }
+
+    #[test]
+    fn auth_errors_have_etcds_codes() {
+        let cases = [
+            (EtcdError::PermissionDenied, Code::PermissionDenied),
+            (EtcdError::InvalidAuthToken, Code::Unauthenticated),
+            (EtcdError::AuthFailed, Code::InvalidArgument),
+            (EtcdError::UserEmpty, Code::InvalidArgument),
+            (EtcdError::AuthOldRevision, Code::InvalidArgument),
+            (EtcdError::RootUserNotExist, Code::FailedPrecondition),
+            (EtcdError::UserNotFound, Code::FailedPrecondition),
+            (EtcdError::AuthNotEnabled, Code::FailedPrecondition),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err.clone()).code(), code, "{err}");
+        }
+        assert_eq!(
+            EtcdError::RootRoleNotExist.to_string(),
+            "etcdserver: root user does not have root role"
+        );
     }
 }

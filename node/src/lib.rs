@@ -4,11 +4,12 @@
 //! Layout: `mvcc` (etcd's data model, pure of I/O but for redb tables),
 //! `storage` (the redb database: log, state machine, snapshots), `raft`
 //! (types, peer network and service), `server` (the etcd gRPC services),
-//! `http` (etcd's HTTP health, version and metrics endpoints, on the same
+//! `auth` (users, roles, permissions, tokens), `http` (etcd's HTTP health, version and metrics endpoints, on the same
 //! port), `metrics` (etcd's Prometheus metrics),
 //! `node` (wiring a member together), `config` (flags).
 //! Nothing here depends on Kubernetes.
 
+pub mod auth;
 pub mod client_identity;
 pub mod config;
 pub mod error;

@@ -9,13 +9,17 @@
 //! gateway does: `/v3/watch` (one request, then events until the client
 //! hangs up), `/v3/lease/keepalive` (one answer per request in the body,
 //! then the end) and `/v3/maintenance/snapshot` (the snapshot's chunks).
+//!
+//! Auth: a request's `Authorization` header carries the token from
+//! `/v3/auth/authenticate`, as etcd's gateway; client certificates are not
+//! a gateway user, as in etcd.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
@@ -23,12 +27,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
+use crate::auth::Credentials;
 use crate::node::Member;
+use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
+use crate::server::auth::AuthService;
 use crate::server::cluster::ClusterService;
 use crate::server::kv::KvService;
 use crate::server::lease::LeaseService;
@@ -42,12 +49,16 @@ pub fn router(member: Arc<Member>) -> Router {
     let lease = Arc::new(LeaseService::new(member.clone()));
     let cluster = Arc::new(ClusterService::new(member.clone()));
     let maintenance = Arc::new(MaintenanceService::new(member.clone()));
+    let auth = Arc::new(AuthService::new(member.clone()));
     for prefix in ["/v3", "/v3beta"] {
         let watcher = Arc::new(WatchService::new(member.clone()));
+        router = auth_routes(router, prefix, &auth);
         router = router
             .route(
                 &format!("{prefix}/watch"),
-                post(move |body: Bytes| watch(watcher.clone(), body)),
+                post(move |headers: HeaderMap, body: Bytes| {
+                    watch(watcher.clone(), credentials(&headers), body)
+                }),
             )
             .route(
                 &format!("{prefix}/kv/range"),
@@ -84,7 +95,9 @@ pub fn router(member: Arc<Member>) -> Router {
                 &format!("{prefix}/maintenance/snapshot"),
                 post({
                     let maintenance = maintenance.clone();
-                    move |body: Bytes| snapshot(maintenance.clone(), body)
+                    move |headers: HeaderMap, body: Bytes| {
+                        snapshot(maintenance.clone(), headers, body)
+                    }
                 }),
             )
             .route(
@@ -181,6 +194,113 @@ pub fn router(member: Arc<Member>) -> Router {
     router
 }
 
+/// `/v3/auth/...`: etcd's Auth service paths.
+fn auth_routes(router: Router, prefix: &str, auth: &Arc<AuthService>) -> Router {
+    let route = |path: &str| format!("{prefix}/auth/{path}");
+    router
+        .route(
+            &route("enable"),
+            unary(auth.clone(), |s, r| async move { s.auth_enable(r).await }),
+        )
+        .route(
+            &route("disable"),
+            unary(auth.clone(), |s, r| async move { s.auth_disable(r).await }),
+        )
+        .route(
+            &route("status"),
+            unary(auth.clone(), |s, r| async move { s.auth_status(r).await }),
+        )
+        .route(
+            &route("authenticate"),
+            unary(auth.clone(), |s, r| async move { s.authenticate(r).await }),
+        )
+        .route(
+            &route("user/add"),
+            unary(auth.clone(), |s, r| async move { s.user_add(r).await }),
+        )
+        .route(
+            &route("user/get"),
+            unary(auth.clone(), |s, r| async move { s.user_get(r).await }),
+        )
+        .route(
+            &route("user/list"),
+            unary(auth.clone(), |s, r| async move { s.user_list(r).await }),
+        )
+        .route(
+            &route("user/delete"),
+            unary(auth.clone(), |s, r| async move { s.user_delete(r).await }),
+        )
+        .route(
+            &route("user/changepw"),
+            unary(auth.clone(), |s, r| async move {
+                s.user_change_password(r).await
+            }),
+        )
+        .route(
+            &route("user/grant"),
+            unary(
+                auth.clone(),
+                |s, r| async move { s.user_grant_role(r).await },
+            ),
+        )
+        .route(
+            &route("user/revoke"),
+            unary(
+                auth.clone(),
+                |s, r| async move { s.user_revoke_role(r).await },
+            ),
+        )
+        .route(
+            &route("role/add"),
+            unary(auth.clone(), |s, r| async move { s.role_add(r).await }),
+        )
+        .route(
+            &route("role/get"),
+            unary(auth.clone(), |s, r| async move { s.role_get(r).await }),
+        )
+        .route(
+            &route("role/list"),
+            unary(auth.clone(), |s, r| async move { s.role_list(r).await }),
+        )
+        .route(
+            &route("role/delete"),
+            unary(auth.clone(), |s, r| async move { s.role_delete(r).await }),
+        )
+        .route(
+            &route("role/grant"),
+            unary(auth.clone(), |s, r| async move {
+                s.role_grant_permission(r).await
+            }),
+        )
+        .route(
+            &route("role/revoke"),
+            unary(auth.clone(), |s, r| async move {
+                s.role_revoke_permission(r).await
+            }),
+        )
+}
+
+/// The gateway's credentials: the `Authorization` header's token.
+fn credentials(headers: &HeaderMap) -> Credentials {
+    Credentials {
+        token: headers
+            .get(header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        cert_common_name: None,
+    }
+}
+
+/// A gRPC request carrying the gateway caller's token as metadata.
+fn grpc_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = headers.get(header::AUTHORIZATION)
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(token.as_bytes())
+    {
+        request.metadata_mut().insert("token", value);
+    }
+    request
+}
+
 /// A POST route that decodes `Req`, calls `S`'s method and encodes the answer.
 fn unary<S, Req, Resp, F, Fut>(service: Arc<S>, call: F) -> axum::routing::MethodRouter
 where
@@ -190,7 +310,7 @@ where
     F: Fn(Arc<S>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
 {
-    post(move |body: Bytes| {
+    post(move |headers: HeaderMap, body: Bytes| {
         let service = service.clone();
         let call = call.clone();
         async move {
@@ -198,7 +318,7 @@ where
                 Ok(req) => req,
                 Err(reason) => return error(&Status::invalid_argument(reason)),
             };
-            match call(service, tonic::Request::new(req)).await {
+            match call(service, grpc_request(&headers, req)).await {
                 Ok(resp) => match serde_json::to_vec(resp.get_ref()) {
                     Ok(json) => {
                         ([(header::CONTENT_TYPE, "application/json")], json).into_response()
@@ -213,14 +333,14 @@ where
 
 /// `/v3/watch`: the body is one WatchRequest; the answer is a stream of
 /// `{"result": WatchResponse}` lines until the client hangs up.
-async fn watch(service: Arc<WatchService>, body: Bytes) -> Response {
+async fn watch(service: Arc<WatchService>, credentials: Credentials, body: Bytes) -> Response {
     let req: WatchRequest = match decode(&body) {
         Ok(req) => req,
         Err(reason) => return error(&Status::invalid_argument(reason)),
     };
     // The request side stays open (a gateway client sends one request).
     let inbound = futures::stream::once(async move { Ok(req) }).chain(futures::stream::pending());
-    result_lines(service.open(Box::pin(inbound)))
+    result_lines(service.open(Box::pin(inbound), credentials))
 }
 
 /// `/v3/lease/keepalive`: the body holds one or more LeaseKeepAliveRequest
@@ -250,12 +370,12 @@ async fn keep_alive(service: Arc<LeaseService>, body: Bytes) -> Response {
 /// `/v3/maintenance/snapshot`: the body is one SnapshotRequest; the answer
 /// is the snapshot's `{"result": SnapshotResponse}` lines (`blob` in
 /// base64, `remaining_bytes` counting down).
-async fn snapshot(service: Arc<MaintenanceService>, body: Bytes) -> Response {
+async fn snapshot(service: Arc<MaintenanceService>, headers: HeaderMap, body: Bytes) -> Response {
     let req: SnapshotRequest = match decode(&body) {
         Ok(req) => req,
         Err(reason) => return error(&Status::invalid_argument(reason)),
     };
-    match service.snapshot(tonic::Request::new(req)).await {
+    match service.snapshot(grpc_request(&headers, req)).await {
         Ok(stream) => result_lines(stream.into_inner()),
         // Nothing was streamed yet: a plain error answer, as etcd's gateway
         // gives when the call fails before its first message.

@@ -193,7 +193,10 @@ mod tests {
     use crate::proto::witanpb::MemberAttributes;
 
     fn req(r: Request) -> InternalRequest {
-        InternalRequest { request: Some(r) }
+        InternalRequest {
+            request: Some(r),
+            ..Default::default()
+        }
     }
 
     fn put() -> Request {

@@ -52,6 +52,8 @@ pub struct Member {
     pub store: Store,
     pub hub: ApplyHub,
     pub lessor: Arc<Lessor>,
+    /// Users, roles and tokens: what every request is checked against.
+    pub auth: Arc<crate::auth::AuthStore>,
     pub committer: Arc<Committer>,
     pub proposer: Proposer,
     pub barrier: ReadBarrier,

@@ -143,6 +143,7 @@ mod tests {
                 key: b"k".to_vec(),
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 

@@ -39,6 +39,7 @@ impl Member {
                 member_id: self.id,
                 alarm: AlarmType::Nospace as i32,
             })),
+            ..Default::default()
         };
         if let Err(e) = self.proposer.propose(raise).await {
             tracing::error!(error = %e, "raising the NOSPACE alarm failed");

@@ -43,6 +43,8 @@ pub enum StartError {
     Raft(String),
     #[error("joining the cluster: {0}")]
     Join(#[from] super::join::JoinError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::token::TokenError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -172,8 +174,14 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let hub = ApplyHub::new(revision);
     let lessor = Arc::new(Lessor::new());
     let metrics = Arc::new(Metrics::new());
-    let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone())?
-        .with_commit_histogram(metrics.backend_commit.clone());
+    let auth_state = {
+        let txn = store.db().begin_read().map_err(StorageError::from)?;
+        crate::auth::load(&txn)?
+    };
+    let auth = Arc::new(crate::auth::AuthStore::new(&config.auth, auth_state)?);
+    let state_machine =
+        StateMachine::new(store.clone(), hub.clone(), lessor.clone(), auth.clone())?
+            .with_commit_histogram(metrics.backend_commit.clone());
     let log_store = LogStore::with_fsync_histogram(store.clone(), Some(metrics.wal_fsync.clone()))
         .map_err(|source| StorageError::Io {
             path: config.data_dir.clone(),
@@ -235,6 +243,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         store,
         hub,
         lessor,
+        auth,
         proposer: Proposer::start(committer.clone()),
         barrier: ReadBarrier::start(committer.clone()),
         committer,

@@ -65,6 +65,9 @@ pub async fn sweep_expired_leases(member: Arc<Member>, mut stop: watch::Receiver
             tokio::spawn(async move {
                 let request = InternalRequest {
                     request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
+                    // Expiry is the members' doing: no user's permission applies.
+                    internal: true,
+                    ..Default::default()
                 };
                 match member.propose(request).await {
                     Ok(_) | Err(EtcdError::LeaseNotFound) => {
@@ -114,6 +117,7 @@ pub async fn auto_compact(member: Arc<Member>, mut stop: watch::Receiver<bool>) 
                 revision,
                 physical: false,
             })),
+            ..Default::default()
         };
         tokio::select! {
             result = member.propose(request) => match result {
@@ -143,6 +147,7 @@ pub async fn publish_attributes(member: Arc<Member>, mut stop: watch::Receiver<b
         }
         let request = InternalRequest {
             request: Some(Request::Publish(wanted.clone())),
+            ..Default::default()
         };
         match member.propose(request).await {
             Ok(_) => {

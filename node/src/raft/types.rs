@@ -124,6 +124,7 @@ mod tests {
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
+            ..Default::default()
         }]);
         let bytes = rmp_serde::to_vec(&batch).unwrap();
         let back: Batch = rmp_serde::from_slice(&bytes).unwrap();

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::apply::stamp;
+use crate::auth::{AuthInfo, check};
 use crate::error::EtcdError;
 use crate::mvcc::{read, validate};
 use crate::node::Member;
@@ -13,7 +15,6 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
-use crate::proto::witanpb::InternalRequest;
 use crate::proto::witanpb::internal_request::Request as Internal;
 use crate::proto::witanpb::internal_response::Response as Applied;
 
@@ -26,12 +27,14 @@ impl KvService {
         KvService { member }
     }
 
-    async fn propose(&self, request: Internal) -> Result<Applied, EtcdError> {
-        self.member
-            .propose(InternalRequest {
-                request: Some(request),
-            })
-            .await
+    /// Proposes a write on behalf of `info`; its permissions are checked
+    /// when it applies.
+    async fn propose(
+        &self,
+        request: Internal,
+        info: Option<&AuthInfo>,
+    ) -> Result<Applied, EtcdError> {
+        self.member.propose(stamp(request, info)).await
     }
 
     /// Puts the member's header on a txn response and every response in
@@ -65,6 +68,7 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         if !req.serializable {
@@ -74,6 +78,10 @@ impl Kv for KvService {
             }
             self.member.linearizable_barrier().await?;
         }
+        // After the barrier: the auth state is at least as new as the read.
+        self.member
+            .auth
+            .check(info.as_ref(), &check::range_needs(&req))?;
         let (mut resp, revision) = self
             .member
             .read(|view| Ok((view.range(&req)?, view.revision)))?;
@@ -82,9 +90,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
         validate::check_put(&req)?;
-        match self.propose(Internal::Put(req)).await? {
+        match self.propose(Internal::Put(req), info.as_ref()).await? {
             Applied::Put(mut resp) => {
                 resp.header = self.member.header(revision_of(&resp.header));
                 Ok(Response::new(resp))
@@ -97,9 +106,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
         validate::check_delete_range(&req)?;
-        match self.propose(Internal::DeleteRange(req)).await? {
+        match self
+            .propose(Internal::DeleteRange(req), info.as_ref())
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 resp.header = self.member.header(revision_of(&resp.header));
                 Ok(Response::new(resp))
@@ -109,6 +122,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
         validate::check_txn(&req, self.member.config.max_txn_ops)?;
         if !read::txn_writes(&req) {
@@ -117,6 +131,9 @@ impl Kv for KvService {
             if !read::txn_serializable(&req) {
                 self.member.linearizable_barrier().await?;
             }
+            self.member
+                .auth
+                .check(info.as_ref(), &check::txn_needs(&req))?;
             let mut resp = self.member.read(|view| {
                 let mut resp = view.read_only_txn(&req)?;
                 resp.header = Some(ResponseHeader {
@@ -128,7 +145,7 @@ impl Kv for KvService {
             self.fill_txn_headers(&mut resp);
             return Ok(Response::new(resp));
         }
-        match self.propose(Internal::Txn(req)).await? {
+        match self.propose(Internal::Txn(req), info.as_ref()).await? {
             Applied::Txn(mut resp) => {
                 self.fill_txn_headers(&mut resp);
                 Ok(Response::new(resp))
@@ -141,8 +158,14 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd checks no permission on Compact, only that a token given
+        // is valid.
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
-        match self.propose(Internal::Compaction(req)).await? {
+        match self
+            .propose(Internal::Compaction(req), info.as_ref())
+            .await?
+        {
             Applied::Compaction(mut resp) => {
                 resp.header = self.member.header(revision_of(&resp.header));
                 Ok(Response::new(resp))

@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::apply::stamp;
+use crate::auth::check;
 use crate::error::EtcdError;
 use crate::mvcc::validate;
 use crate::node::Member;
@@ -18,7 +20,6 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::proto::witanpb::InternalRequest;
 use crate::proto::witanpb::internal_request::Request as Internal;
 use crate::proto::witanpb::internal_response::Response as Applied;
 
@@ -78,6 +79,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd checks no permission to grant a lease, only that a token
+        // given is valid.
+        let info = self.member.auth.info_of(&request)?;
         let mut req = request.into_inner();
         req.ttl = validate::lease_ttl(req.ttl, self.member.config.min_lease_ttl_secs())?;
         if req.id == 0 {
@@ -85,9 +89,7 @@ impl Lease for LeaseService {
         }
         let applied = self
             .member
-            .propose(InternalRequest {
-                request: Some(Internal::LeaseGrant(req)),
-            })
+            .propose(stamp(Internal::LeaseGrant(req), info.as_ref()))
             .await?;
         match applied {
             Applied::LeaseGrant(mut resp) => {
@@ -103,12 +105,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // Write permission on every attached key is checked at apply.
+        let info = self.member.auth.info_of(&request)?;
         let req = request.into_inner();
         let applied = self
             .member
-            .propose(InternalRequest {
-                request: Some(Internal::LeaseRevoke(req)),
-            })
+            .propose(stamp(Internal::LeaseRevoke(req), info.as_ref()))
             .await?;
         match applied {
             Applied::LeaseRevoke(mut resp) => {
@@ -133,7 +135,17 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let resp = self.member.time_to_live(request.into_inner()).await?;
+        let info = self.member.auth.info_of(&request)?;
+        let req = request.into_inner();
+        if self.member.auth.is_enabled() {
+            // etcd: read permission on every attached key.
+            self.member.linearizable_barrier().await?;
+            let keys = self.member.lease_keys(req.id)?;
+            self.member
+                .auth
+                .check(info.as_ref(), &check::lease_keys_read_needs(keys))?;
+        }
+        let resp = self.member.time_to_live(req).await?;
         Ok(Response::new(resp))
     }
 

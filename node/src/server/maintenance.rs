@@ -37,6 +37,14 @@ impl MaintenanceService {
     pub fn new(member: Arc<Member>) -> Self {
         MaintenanceService { member }
     }
+
+    /// etcd's `authMaintenanceServer`: Defragment, Snapshot, Hash, HashKV
+    /// and Downgrade need the root role; Status, Alarm and MoveLeader are
+    /// open.
+    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), EtcdError> {
+        let auth = &self.member.auth;
+        auth.check_admin(auth.info_of(request)?.as_ref())
+    }
 }
 
 /// The storage version witan reports in Status (etcd 3.6's field).
@@ -74,6 +82,7 @@ impl Maintenance for MaintenanceService {
                     .member
                     .propose(InternalRequest {
                         request: Some(Internal::Alarm(req)),
+                        ..Default::default()
                     })
                     .await?;
                 match applied {
@@ -123,8 +132,9 @@ impl Maintenance for MaintenanceService {
     /// read and write on this member waits until it is done, as in etcd.
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.require_admin(&request)?;
         let store = self.member.store.clone();
         let started = std::time::Instant::now();
         let (before_bytes, after_bytes) = tokio::task::spawn_blocking(move || store.defragment())
@@ -142,7 +152,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.require_admin(&request)?;
         let store = self.member.store.clone();
         let (hash, revision) = tokio::task::spawn_blocking(move || {
             let txn = store.db().begin_read().map_err(StorageError::from)?;
@@ -161,6 +172,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.require_admin(&request)?;
         let revision = request.get_ref().revision;
         let (kv, current) = self
             .member
@@ -182,8 +194,9 @@ impl Maintenance for MaintenanceService {
     /// snapshot's revision.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.require_admin(&request)?;
         let store = self.member.store.clone();
         let (revision, file) = tokio::task::spawn_blocking(move || {
             let txn = store.db().begin_read().map_err(StorageError::from)?;
@@ -237,6 +250,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.require_admin(&request)?;
         match DowngradeAction::try_from(request.get_ref().action) {
             Ok(action) => Err(Status::unimplemented(format!(
                 "witan: Downgrade {} is not supported: witan has no cluster \

@@ -30,6 +30,10 @@ impl Membership for MembershipService {
         &self,
         request: Request<ChangeVotersRequest>,
     ) -> Result<Response<ChangeVotersResponse>, Status> {
+        // A voter change is cluster administration: the root role, when
+        // auth is on (reading the voters is open, as MemberList is).
+        let auth = &self.member.auth;
+        auth.check_admin(auth.info_of(&request)?.as_ref())?;
         let change = MembershipChange {
             change: Some(Change::ChangeVoters(request.into_inner())),
         };

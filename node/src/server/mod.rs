@@ -1,5 +1,6 @@
 //! The etcd v3 gRPC services on the client listener.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod kv;
@@ -60,6 +61,9 @@ pub async fn serve(
     .add_service(MembershipServer::new(membership::MembershipService::new(
         member.clone(),
     )))
+    .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+        auth::AuthService::new(member.clone()),
+    ))
     .add_service(health_service);
     // etcd's HTTP endpoints (/health, /readyz, ...) share the port, over
     // HTTP/1.1 or HTTP/2 alike.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Credentials, check};
 use crate::error::EtcdError;
 use crate::hub::ApplyNotice;
 use crate::mvcc::range::KeyRange;
@@ -53,7 +54,11 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(Box::pin(self.open(request.into_inner()))))
+        // Permissions are checked per watch, with what the stream presented.
+        let credentials = Credentials::of(&request);
+        Ok(Response::new(Box::pin(
+            self.open(request.into_inner(), credentials),
+        )))
     }
 }
 
@@ -63,10 +68,12 @@ impl WatchService {
     pub fn open(
         &self,
         inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+        credentials: Credentials,
     ) -> ReceiverStream<Result<WatchResponse, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = StreamTask {
             member: self.member.clone(),
+            credentials,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -112,6 +119,8 @@ struct Gone;
 
 struct StreamTask {
     member: Arc<Member>,
+    /// What the client presented when it opened the stream.
+    credentials: Credentials,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -231,6 +240,15 @@ impl StreamTask {
         } else {
             req.key.clone()
         };
+        if let Err(err) = self.permitted(&key, &req.range_end) {
+            // etcd's refusal: created and canceled at once, the reason in
+            // Go's rendering of the gRPC error.
+            let mut resp = self.response(req.watch_id, self.stream_rev);
+            resp.created = true;
+            resp.canceled = true;
+            resp.cancel_reason = go_grpc_error(&err);
+            return self.send(resp).await;
+        }
         let filters = |f: FilterType| req.filters.contains(&(f as i32));
         let watcher = Watcher {
             range: KeyRange::new(&key, &req.range_end),
@@ -250,6 +268,19 @@ impl StreamTask {
         self.watchers.insert(id, watcher);
         let upto = self.stream_rev;
         self.catch_up(id, upto).await
+    }
+
+    /// Whether the stream's caller may read `[key, range_end)`.
+    fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
+        let auth = &self.member.auth;
+        if !auth.is_enabled() {
+            return Ok(());
+        }
+        let info = auth.resolve(&self.credentials)?;
+        auth.check(
+            info.as_ref(),
+            &[check::Need::Read(key.to_vec(), range_end.to_vec())],
+        )
     }
 
     /// Replays watcher `id` from storage through `upto`; cancels it with
@@ -367,6 +398,19 @@ impl StreamTask {
 }
 
 /// Splits events into groups of about `max` without splitting a revision.
+/// A gRPC error as Go's `status.Error(...).Error()` prints it, which is
+/// what etcd puts in a watch's cancel reason.
+fn go_grpc_error(err: &EtcdError) -> String {
+    let code = match err.code() {
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::Unauthenticated => "Unauthenticated",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::FailedPrecondition => "FailedPrecondition",
+        _ => "Unknown",
+    };
+    format!("rpc error: code = {code} desc = {err}")
+}
+
 fn chunk_by_revision(events: Vec<Event>, max: usize) -> Vec<Vec<Event>> {
     let mut out: Vec<Vec<Event>> = Vec::new();
     let mut current: Vec<Event> = Vec::new();
@@ -396,6 +440,18 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn cancel_reasons_read_as_etcds() {
+        assert_eq!(
+            go_grpc_error(&EtcdError::PermissionDenied),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        );
+        assert_eq!(
+            go_grpc_error(&EtcdError::InvalidAuthToken),
+            "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
+        );
     }
 
     #[test]

@@ -236,6 +236,7 @@ mod tests {
             txn.open_table(crate::storage::META).unwrap();
             txn.open_table(crate::storage::MEMBERS).unwrap();
             txn.open_table(crate::storage::ALARMS).unwrap();
+            txn.open_table(crate::storage::AUTH).unwrap();
             txn.commit().unwrap();
         }
         assert_eq!(state(&one).unwrap(), state(&two).unwrap());
@@ -244,6 +245,7 @@ mod tests {
         txn.open_table(crate::storage::META).unwrap();
         txn.open_table(crate::storage::MEMBERS).unwrap();
         txn.open_table(crate::storage::ALARMS).unwrap();
+        txn.open_table(crate::storage::AUTH).unwrap();
         txn.commit().unwrap();
         assert_ne!(state(&one).unwrap(), state(&other).unwrap());
     }

@@ -48,6 +48,9 @@ pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// (member id, `etcdserverpb.AlarmType`) of every raised alarm.
 pub(crate) const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
+/// The replicated auth state: `enabled`, `revision`, `user/<name>`,
+/// `role/<name>` (see `auth::state`).
+pub(crate) const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 /// "meta" -> snapshot meta (MessagePack), "data" -> snapshot bytes.
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -175,6 +178,7 @@ impl Store {
             txn.open_table(LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(ALARMS)?;
+            txn.open_table(AUTH)?;
             txn.open_table(SNAPSHOT)?;
         }
         txn.commit()?;

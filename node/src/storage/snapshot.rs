@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::{
-    ALARMS, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError,
+    ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError,
     meta_i64, meta_key,
 };
 use crate::proto::witanpb::LeaseRecord;
@@ -32,6 +32,10 @@ pub struct SnapshotImage {
     /// decode.
     #[serde(default)]
     pub alarms: Vec<(u64, i32)>,
+    /// The auth table's rows (users, roles, enabled, revision); empty in
+    /// images from before auth existed.
+    #[serde(default)]
+    pub auth: Vec<(String, ByteBuf)>,
 }
 
 impl SnapshotImage {
@@ -78,6 +82,12 @@ impl SnapshotImage {
         for item in txn.open_table(ALARMS)?.iter()? {
             let (k, _) = item?;
             image.alarms.push(k.value());
+        }
+        for item in txn.open_table(AUTH)?.iter()? {
+            let (k, v) = item?;
+            image
+                .auth
+                .push((k.value().to_string(), ByteBuf::from(v.value())));
         }
         Ok(image)
     }
@@ -135,6 +145,11 @@ impl SnapshotImage {
         for pair in &self.alarms {
             alarms.insert(*pair, ())?;
         }
+        let mut auth = txn.open_table(AUTH)?;
+        auth.retain(|_, _| false)?;
+        for (k, v) in &self.auth {
+            auth.insert(k.as_str(), v.as_slice())?;
+        }
         let mut meta = txn.open_table(META)?;
         meta.insert(meta_key::REVISION, self.revision.to_le_bytes().as_slice())?;
         meta.insert(
@@ -163,13 +178,14 @@ mod tests {
     use crate::storage::Store;
 
     #[test]
-    fn alarms_travel_in_the_image() {
+    fn alarms_and_auth_travel_in_the_image() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let image = SnapshotImage {
             format: IMAGE_FORMAT,
             revision: 3,
             alarms: vec![(5, 1), (9, 2)],
+            auth: vec![("enabled".into(), ByteBuf::from(vec![1]))],
             ..Default::default()
         };
         let decoded = SnapshotImage::decode(&image.encode()).unwrap();
@@ -210,5 +226,6 @@ mod tests {
         assert_eq!(image.revision, 4);
         assert_eq!(image.members.len(), 1);
         assert!(image.alarms.is_empty());
+        assert!(image.auth.is_empty());
     }
 }

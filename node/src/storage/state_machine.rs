@@ -12,9 +12,11 @@ use redb::{Durability, ReadableTable};
 
 use super::snapshot::SnapshotImage;
 use super::{
-    ALARMS, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store,
-    blocking, inline, meta_i64, meta_key, meta_rmp, to_rmp,
+    ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT,
+    Store, blocking, inline, meta_i64, meta_key, meta_rmp, to_rmp,
 };
+use crate::auth::state::AuthState;
+use crate::auth::{self, AuthEffects, AuthStore};
 use crate::hub::{ApplyHub, ApplyNotice};
 use crate::lease::lessor::Lessor;
 use crate::mvcc::alarm::{ActiveAlarms, AlarmChange};
@@ -26,7 +28,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::witanpb::internal_request::Request;
 use crate::proto::witanpb::internal_response::Response;
-use crate::proto::witanpb::{InternalRequest, InternalResponse};
+use crate::proto::witanpb::{AuthApplied, InternalRequest, InternalResponse};
 use crate::raft::types::{
     BatchResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -37,6 +39,9 @@ pub struct StateMachine {
     store: Store,
     hub: ApplyHub,
     lessor: Arc<Lessor>,
+    /// The member's in-memory auth state, replaced when an apply or a
+    /// snapshot changes it.
+    auth: Arc<AuthStore>,
     /// Times each apply transaction's commit, when set.
     commit_timer: Option<prometheus::Histogram>,
 }
@@ -54,11 +59,13 @@ impl StateMachine {
         store: Store,
         hub: ApplyHub,
         lessor: Arc<Lessor>,
+        auth: Arc<AuthStore>,
     ) -> Result<Self, super::StorageError> {
         let sm = StateMachine {
             store,
             hub,
             lessor,
+            auth,
             commit_timer: None,
         };
         let leases = sm.lease_ttls()?;
@@ -103,6 +110,9 @@ impl StateMachine {
         txn.set_durability(Durability::None)
             .map_err(|e| super::StorageError::corrupt("durability", e))?;
         let mut responses = Vec::with_capacity(entries.len());
+        let auth_before = self.auth.state();
+        let mut auth_state = auth_before.clone();
+        let mut auth_effects = AuthEffects::default();
         let (events, lease_changes, revision) = {
             let mut meta = txn.open_table(META)?;
             let revision = meta_i64(&meta, meta_key::REVISION)?.max(1);
@@ -134,6 +144,7 @@ impl StateMachine {
                                 &mut applier,
                                 &mut members,
                                 (&mut alarm_table, &mut alarms),
+                                (&mut auth_state, &mut auth_effects),
                                 request,
                             )?);
                         }
@@ -149,6 +160,9 @@ impl StateMachine {
             }
             if let Some(membership) = membership {
                 meta.insert(meta_key::MEMBERSHIP, to_rmp(&membership).as_slice())?;
+            }
+            if !Arc::ptr_eq(&auth_state, &auth_before) {
+                auth::save(&mut txn.open_table(AUTH)?, &auth_state)?;
             }
             meta.insert(
                 meta_key::REVISION,
@@ -170,6 +184,10 @@ impl StateMachine {
             timer.observe(started.elapsed().as_secs_f64());
         }
         tracing::trace!(revision, "applied batch");
+        if !Arc::ptr_eq(&auth_state, &auth_before) {
+            self.auth.install(auth_state);
+        }
+        self.auth.apply_effects(auth_effects);
         let now = Instant::now();
         for change in lease_changes {
             match change {
@@ -247,6 +265,10 @@ impl StateMachine {
         }
         txn.commit()?;
         self.lessor.reset(image.lease_ttls()?, Instant::now());
+        let txn = self.store.db().begin_read()?;
+        let auth_state = auth::load(&txn)?;
+        drop(txn);
+        self.auth.install(Arc::new(auth_state));
         self.hub.publish(ApplyNotice {
             revision: image.revision,
             events: Vec::new(),
@@ -277,12 +299,39 @@ fn apply_one(
     applier: &mut Applier<'_>,
     members: &mut redb::Table<'_, u64, &'static [u8]>,
     (alarm_table, alarms): (&mut redb::Table<'_, (u64, i32), ()>, &mut ActiveAlarms),
+    (auth_state, auth_effects): (&mut Arc<AuthState>, &mut AuthEffects),
     request: &InternalRequest,
 ) -> Result<InternalResponse, super::StorageError> {
-    if let Some(refused) = alarms.refusal(request) {
-        return Ok(InternalResponse {
-            response: Some(Response::Error(refused.to_wire())),
-        });
+    let refused = |err: crate::error::EtcdError| InternalResponse {
+        response: Some(Response::Error(err.to_wire())),
+    };
+    if let Some(err) = alarms.refusal(request) {
+        return Ok(refused(err));
+    }
+    if auth::apply::is_auth_request(request) {
+        return Ok(
+            match auth::apply::apply_auth_request(auth_state, auth_effects, request) {
+                Ok(auth_revision) => InternalResponse {
+                    response: Some(Response::Auth(AuthApplied { auth_revision })),
+                },
+                Err(err) => refused(err),
+            },
+        );
+    }
+    if auth_state.enabled && !request.internal {
+        // The keys on a lease the request touches, for etcd's lease checks.
+        let lease = match &request.request {
+            Some(Request::Put(put)) if put.lease != 0 => Some(put.lease),
+            Some(Request::LeaseRevoke(revoke)) => Some(revoke.id),
+            _ => None,
+        };
+        let lease_keys = match lease {
+            Some(id) => applier.lease_keys_of(id)?,
+            None => Vec::new(),
+        };
+        if let Err(err) = auth::apply::check_write(auth_state, request, |_| lease_keys.clone()) {
+            return Ok(refused(err));
+        }
     }
     let result: Result<Response, ApplyError> = match &request.request {
         Some(Request::Put(req)) => applier.put(req).map(|r| {
@@ -345,7 +394,8 @@ fn apply_one(
                 })
                 .map_err(|e| ApplyError::Storage(e.into()))
         }
-        None => Ok(Response::Published(false)),
+        // Auth requests were answered above.
+        Some(_) | None => Ok(Response::Published(false)),
     };
     match result {
         Ok(response) => Ok(InternalResponse {
