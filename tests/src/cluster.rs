@@ -210,6 +210,9 @@ pub struct Cluster {
     /// Flags every member gets on top of the defaults.
     extra_args: Vec<String>,
     logs: TempDir,
+    /// `--user` for health checks, once auth is on (etcdctl 3.4's
+    /// `endpoint health` counts "user name is empty" as unhealthy).
+    health_user: Option<String>,
 }
 
 fn unique_token() -> String {
@@ -236,9 +239,20 @@ impl Cluster {
     /// dir exists and is empty, its flags are set) before it is first
     /// started, e.g. to restore a snapshot into its data dir.
     pub fn start_prepared(n: usize, extra_args: &[&str], prepare: impl Fn(&Member)) -> Cluster {
+        Cluster::start_prepared_as(n, extra_args, None, prepare)
+    }
+
+    /// [`Cluster::start_prepared`] whose health checks run as
+    /// `health_user` (`name:password`), for data dirs restored with auth on.
+    pub fn start_prepared_as(
+        n: usize,
+        extra_args: &[&str],
+        health_user: Option<&str>,
+        prepare: impl Fn(&Member),
+    ) -> Cluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Cluster::try_start(n, extra_args, &prepare) {
+            match Cluster::try_start(n, extra_args, health_user, &prepare) {
                 Ok(cluster) => return cluster,
                 // Someone took a port between choosing and binding: new ports.
                 Err(e) if e.contains("Address already in use") => last = e,
@@ -251,6 +265,7 @@ impl Cluster {
     fn try_start(
         n: usize,
         extra_args: &[&str],
+        health_user: Option<&str>,
         prepare: &dyn Fn(&Member),
     ) -> Result<Cluster, String> {
         assert!(n > 0);
@@ -283,6 +298,7 @@ impl Cluster {
             token,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             logs,
+            health_user: health_user.map(str::to_string),
         };
         for member in &mut cluster.members {
             prepare(member);
@@ -525,6 +541,12 @@ impl Cluster {
         self.wait_healthy(&[i], READY_TIMEOUT);
     }
 
+    /// Health checks from now on run as `user` (`name:password`), as
+    /// they must once auth is enabled.
+    pub fn set_health_user(&mut self, user: Option<&str>) {
+        self.health_user = user.map(str::to_string);
+    }
+
     /// Polls `etcdctl endpoint health` on the given members until all pass.
     pub fn wait_healthy(&mut self, which: &[usize], timeout: Duration) {
         if let Err(e) = self.try_wait_healthy(which, timeout) {
@@ -536,6 +558,18 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = which.to_vec();
         let mut last = String::new();
+        let mut health_args = vec![
+            "endpoint",
+            "health",
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+        ];
+        let user = self.health_user.clone();
+        if let Some(user) = &user {
+            health_args.extend(["--user", user.as_str()]);
+        }
         loop {
             for &i in which {
                 if let Some(exit) = self.members[i].exited() {
@@ -543,18 +577,7 @@ impl Cluster {
                 }
             }
             pending.retain(|&i| {
-                let out = CtlOutput::run(
-                    &self.members[i].endpoint(),
-                    &[
-                        "endpoint",
-                        "health",
-                        "--dial-timeout",
-                        "1s",
-                        "--command-timeout",
-                        "2s",
-                    ],
-                    None,
-                );
+                let out = CtlOutput::run(&self.members[i].endpoint(), &health_args, None);
                 // etcdctl 3.4 reports health on stderr.
                 if out.success() && out.stderr.contains("is healthy") {
                     false

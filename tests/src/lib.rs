@@ -9,6 +9,8 @@
 //!   the members' logs when an expected success fails.
 //! - [`json`] and [`revision_of`] read etcdctl's `-w json` answers;
 //!   [`Cluster::wait_applied`] waits until a member has applied a revision.
+//! - [`run_witan`] and [`restore_into`] run the offline `witan snapshot`
+//!   commands.
 //! - [`LineChild`] runs a long-lived process (`etcdctl watch`, a shell) and
 //!   hands its stdout over line by line, with deadlines.
 //!
@@ -19,10 +21,12 @@ mod answers;
 mod binary;
 mod cluster;
 mod ctl;
+mod offline;
 mod process;
 
 pub use answers::{json, revision_of};
 pub use binary::witan_bin;
 pub use cluster::{Cluster, Member, free_ports};
 pub use ctl::{CtlOutput, clear_etcdctl_env, etcdctl_bin};
+pub use offline::{flag_of, restore_into, run_witan};
 pub use process::{LineChild, poll_until, run_bounded};

@@ -2,41 +2,8 @@
 //! saved by the real `etcdctl` from a real 3-member cluster, and a new
 //! 3-member cluster started from the restored data dirs.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::Value;
-use witan_tests::{Cluster, Member, json, revision_of, run_bounded, witan_bin};
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs `witan <args>`: (success, stdout, stderr).
-fn witan(args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(witan_bin());
-    cmd.args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("WITAN_") {
-            cmd.env_remove(name);
-        }
-    }
-    let done = run_bounded(cmd, None, RUN_TIMEOUT);
-    (
-        done.status.is_some_and(|s| s.success()),
-        done.stdout,
-        done.stderr,
-    )
-}
-
-/// The value of `flag` in a member's arguments.
-fn flag<'a>(m: &'a Member, flag: &str) -> &'a str {
-    let args = m.args();
-    let at = args
-        .iter()
-        .position(|a| a == flag)
-        .unwrap_or_else(|| panic!("{} has no {flag}", m.name));
-    &args[at + 1]
-}
+use witan_tests::{Cluster, json, restore_into, revision_of, run_witan as witan};
 
 /// Every key (base64 key, value, revisions, version, lease) and the header
 /// revision, read linearizably from member `i`.
@@ -45,28 +12,6 @@ fn everything(c: &Cluster, i: usize) -> (Vec<Value>, i64) {
     let v = json(&out);
     let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
     (kvs, revision_of(&out))
-}
-
-fn restore_into(file: &Path, m: &Member) {
-    let data_dir = m.data_dir().display().to_string();
-    let peer = m.peer_url();
-    let (ok, stdout, stderr) = witan(&[
-        "snapshot",
-        "restore",
-        &file.display().to_string(),
-        "--data-dir",
-        &data_dir,
-        "--name",
-        &m.name,
-        "--initial-cluster",
-        flag(m, "--initial-cluster"),
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster-token",
-        flag(m, "--initial-cluster-token"),
-    ]);
-    assert!(ok, "restore for {} failed:\n{stdout}\n{stderr}", m.name);
-    assert!(stdout.contains("restored snapshot at revision"), "{stdout}");
 }
 
 #[test]
