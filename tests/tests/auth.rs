@@ -468,3 +468,105 @@ fn auth_survives_a_raft_snapshot_and_a_backup_restore() {
     let status = auth_status(&restored, 0, Some(&gateway_token(&restored, 1, ROOT)));
     assert_eq!(status["enabled"], true, "{status}");
 }
+
+#[test]
+fn the_gateway_manages_auth_with_etcds_json() {
+    let c = Cluster::start_with(3, &FAST_BCRYPT);
+    let call = |i: usize, path: &str, token: Option<&str>, body: &str| {
+        curl(
+            &format!("{}/v3/auth/{path}", c.member(i).client_url()),
+            token,
+            body,
+        )
+    };
+    for body in [
+        r#"{"name":"root","password":"rootpw"}"#,
+        r#"{"name":"app","password":"apppw"}"#,
+    ] {
+        let added = call(0, "user/add", None, body);
+        assert!(added["header"]["revision"].is_string(), "{added}");
+    }
+    call(1, "role/add", None, r#"{"name":"root"}"#);
+    call(1, "role/add", None, r#"{"name":"app"}"#);
+    // etcd's JSON: permType by name, bytes in base64 ("app/", "app0").
+    call(
+        2,
+        "role/grant",
+        None,
+        r#"{"name":"app","perm":{"permType":"READWRITE","key":"YXBwLw==","range_end":"YXBwMA=="}}"#,
+    );
+    call(2, "user/grant", None, r#"{"user":"root","role":"root"}"#);
+    call(2, "user/grant", None, r#"{"user":"app","role":"app"}"#);
+    let enabled = call(0, "enable", None, "{}");
+    assert!(enabled.get("code").is_none(), "{enabled}");
+
+    let root = gateway_token(&c, 1, ROOT);
+    let app = gateway_token(&c, 2, "app:apppw");
+    let roles = call(0, "role/list", Some(&root), "{}");
+    assert_eq!(
+        roles["roles"],
+        serde_json::json!(["app", "root"]),
+        "{roles}"
+    );
+    let perm = call(1, "role/get", Some(&app), r#"{"role":"app"}"#);
+    assert_eq!(perm["perm"][0]["permType"], "READWRITE", "{perm}");
+    assert_eq!(perm["perm"][0]["key"], "YXBwLw==", "{perm}");
+    // A user reads itself and its roles, nobody else's.
+    let me = call(2, "user/get", Some(&app), r#"{"name":"app"}"#);
+    assert_eq!(me["roles"], serde_json::json!(["app"]), "{me}");
+    let other = call(2, "user/get", Some(&app), r#"{"name":"root"}"#);
+    assert_eq!(other["message"], DENIED, "{other}");
+    let not_found = call(0, "user/get", Some(&root), r#"{"name":"ghost"}"#);
+    assert_eq!(not_found["message"], "etcdserver: user name not found");
+    assert_eq!(not_found["code"], 9, "FailedPrecondition: {not_found}");
+    let exists = call(0, "role/add", Some(&root), r#"{"name":"app"}"#);
+    assert_eq!(exists["message"], "etcdserver: role name already exists");
+
+    // A new password kills the old tokens; the new one works.
+    call(
+        1,
+        "user/changepw",
+        Some(&root),
+        r#"{"name":"app","password":"newpw"}"#,
+    );
+    let url = format!("{}/v3/kv/put", c.member(0).client_url());
+    let put = r#"{"key":"YXBwL2s=","value":"dg=="}"#;
+    let stale = curl(&url, Some(&app), put);
+    assert_eq!(
+        stale["message"], "etcdserver: invalid auth token",
+        "{stale}"
+    );
+    let fresh = gateway_token(&c, 0, "app:newpw");
+    let done = curl(&url, Some(&fresh), put);
+    assert!(done["header"]["revision"].is_string(), "{done}");
+
+    // Revoking the role takes the permission away at once.
+    call(
+        2,
+        "user/revoke",
+        Some(&root),
+        r#"{"name":"app","role":"app"}"#,
+    );
+    let fresh = gateway_token(&c, 0, "app:newpw");
+    let denied = curl(&url, Some(&fresh), put);
+    assert_eq!(denied["message"], DENIED, "{denied}");
+    let not_granted = call(
+        2,
+        "user/revoke",
+        Some(&root),
+        r#"{"name":"app","role":"app"}"#,
+    );
+    assert_eq!(
+        not_granted["message"],
+        "etcdserver: role is not granted to the user"
+    );
+    // root stays while auth is on.
+    let refused = call(1, "user/delete", Some(&root), r#"{"name":"root"}"#);
+    assert_eq!(refused["message"], "etcdserver: invalid auth management");
+    call(1, "user/delete", Some(&root), r#"{"name":"app"}"#);
+    call(1, "role/delete", Some(&root), r#"{"role":"app"}"#);
+    let users = call(0, "user/list", Some(&root), "{}");
+    assert_eq!(users["users"], serde_json::json!(["root"]), "{users}");
+    call(2, "disable", Some(&root), "{}");
+    assert_eq!(auth_status(&c, 0, None)["enabled"], Value::Null);
+}

@@ -2,7 +2,8 @@
 //! when they apply, as etcd's `needAdminPermission`); passwords are hashed
 //! here, before proposing, so the log never holds one in plaintext. Reads
 //! (status, get, list) are answered from this member's state after a read
-//! barrier. Every answer comes after this member applied the change, so a
+//! barrier, for root; a user may also get itself and the roles it holds,
+//! as in etcd. Every answer comes after this member applied the change, so a
 //! token or a grant is usable here as soon as the call returns.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::apply::stamp;
+use crate::auth::state::AuthState;
 use crate::auth::{AuthInfo, verify_password};
 use crate::error::EtcdError;
 use crate::node::Member;
@@ -56,12 +58,21 @@ impl AuthService {
             .map_err(Status::from)
     }
 
-    /// For reads: the caller must hold the root role, checked against an
-    /// up-to-date state.
-    async fn admin_read<T>(&self, request: &Request<T>) -> Result<(), EtcdError> {
+    /// For reads: the caller must hold the root role, or pass `or_else`
+    /// (etcd lets users read themselves and their own roles), checked
+    /// against an up-to-date state.
+    async fn admin_read<T>(
+        &self,
+        request: &Request<T>,
+        or_else: impl FnOnce(&AuthState, &AuthInfo) -> bool,
+    ) -> Result<(), EtcdError> {
         let info = self.member.auth.info_of(request)?;
         self.member.linearizable_barrier().await?;
-        self.member.auth.check_admin(info.as_ref())
+        let state = self.member.auth.state();
+        match state.check_admin(info.as_ref()) {
+            Err(_) if info.as_ref().is_some_and(|info| or_else(&state, info)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Hashes a password off the async threads (bcrypt is slow on purpose).
@@ -99,7 +110,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        self.admin_read(&request).await?;
+        self.admin_read(&request, |_, _| false).await?;
         let state = self.member.auth.state();
         Ok(Response::new(AuthStatusResponse {
             header: self.header(),
@@ -172,7 +183,9 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        self.admin_read(&request).await?;
+        let name = request.get_ref().name.clone();
+        self.admin_read(&request, |_, caller| caller.username == name)
+            .await?;
         let state = self.member.auth.state();
         let user = state
             .users
@@ -188,7 +201,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.admin_read(&request).await?;
+        self.admin_read(&request, |_, _| false).await?;
         Ok(Response::new(AuthUserListResponse {
             header: self.header(),
             users: self.member.auth.state().users.keys().cloned().collect(),
@@ -254,7 +267,14 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        self.admin_read(&request).await?;
+        let role = request.get_ref().role.clone();
+        self.admin_read(&request, |state, caller| {
+            state
+                .users
+                .get(&caller.username)
+                .is_some_and(|u| u.roles.contains(&role))
+        })
+        .await?;
         let perm = self
             .member
             .auth
@@ -270,7 +290,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.admin_read(&request).await?;
+        self.admin_read(&request, |_, _| false).await?;
         Ok(Response::new(AuthRoleListResponse {
             header: self.header(),
             roles: self.member.auth.state().roles.keys().cloned().collect(),
