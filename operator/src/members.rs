@@ -239,8 +239,14 @@ impl EtcdMembers {
         endpoints: &[String],
         access: &Access,
     ) -> Result<Option<Membership>, MemberError> {
-        let Ok(mut client) = self.connect(endpoints, access).await else {
-            return Ok(None);
+        let mut client = match self.connect(endpoints, access).await {
+            Ok(client) => client,
+            Err(error) => {
+                // Handled here: no member answering is an observation, but
+                // say why (a TLS or password problem looks the same).
+                tracing::warn!("no member answers: {error}");
+                return Ok(None);
+            }
         };
         let Ok(list) = client.member_list().await else {
             return Ok(None);
