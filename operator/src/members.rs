@@ -258,7 +258,7 @@ impl EtcdMembers {
             is_learner: bool,
             status: Option<(u64, u64, i64)>,
         }
-        let listed: Vec<(u64, String, bool)> = list
+        let listed: Vec<(u64, String, bool, Vec<String>)> = list
             .members()
             .iter()
             .map(|member| {
@@ -269,12 +269,20 @@ impl EtcdMembers {
                     // Not one of ours: keep what the member calls itself so
                     // a human can recognise it.
                     .unwrap_or_else(|| format!("{}#{:x}", member.name(), member.id()));
-                (member.id(), name, member.is_learner())
+                // Where the member says clients reach it, as any etcd client
+                // would; a member that has not started yet advertises
+                // nothing, and its StatefulSet address is tried instead.
+                let urls = if member.client_urls().is_empty() {
+                    vec![names.client_url(&name)]
+                } else {
+                    member.client_urls().to_vec()
+                };
+                (member.id(), name, member.is_learner(), urls)
             })
             .collect();
         // Ask every member itself, concurrently: it is healthy only if it answers.
-        let statuses = futures::future::join_all(listed.iter().map(|(_, name, _)| async move {
-            let mut own = self.connect(&[names.client_url(name)], access).await.ok()?;
+        let statuses = futures::future::join_all(listed.iter().map(|(_, _, _, urls)| async move {
+            let mut own = self.connect(urls, access).await.ok()?;
             let s = own.status().await.ok()?;
             let revision = s.header().map_or(0, etcd_client::ResponseHeader::revision);
             Some((s.leader(), s.raft_applied_index(), revision))
@@ -283,7 +291,7 @@ impl EtcdMembers {
         let seen: Vec<Seen> = listed
             .into_iter()
             .zip(statuses)
-            .map(|((id, name, is_learner), status)| Seen {
+            .map(|((id, name, is_learner, _), status)| Seen {
                 id,
                 name,
                 is_learner,
