@@ -1,0 +1,104 @@
+//! The operator's auth steps against real witan processes: driving
+//! `auth::next_step` with `EtcdMembers` turns authentication on from
+//! nothing (role root, user root, the operator's user, both granted root,
+//! AuthEnable); then etcdctl without a user is refused, root's password
+//! works, and the operator still observes the members and changes voters as
+//! its own user, while the same calls without credentials are refused.
+
+use std::collections::BTreeSet;
+
+use witan_operator::{
+    access::{Access, Credentials},
+    auth::{self, AuthStep, OPERATOR_USER, ROOT},
+    members::{EtcdMembers, MemberApi},
+    names::ClusterNames,
+};
+use witan_tests::Cluster;
+
+const ROOT_PASSWORD: &str = "root-password";
+const OPERATOR_PASSWORD: &str = "operator-password";
+
+#[test]
+fn the_operator_turns_auth_on_then_works_as_its_own_user() {
+    let cluster = Cluster::start(3);
+    let endpoints: Vec<String> = cluster.members().iter().map(|m| m.client_url()).collect();
+    let api = EtcdMembers::default();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let operator = Access {
+        tls: None,
+        credentials: Some(Credentials {
+            user: OPERATOR_USER.into(),
+            password: OPERATOR_PASSWORD.into(),
+        }),
+    };
+
+    // What the controller does (controller/security.rs), bounded the same way.
+    let mut steps = Vec::new();
+    for _ in 0..=auth::MAX_STEPS {
+        let state = runtime
+            .block_on(api.auth_state(&endpoints, &operator))
+            .expect("auth state");
+        let step = auth::next_step(&state, OPERATOR_USER);
+        if step == AuthStep::Done {
+            break;
+        }
+        let password = match &step {
+            AuthStep::AddUser { user } if user == ROOT => ROOT_PASSWORD,
+            AuthStep::AddUser { .. } => OPERATOR_PASSWORD,
+            _ => "",
+        };
+        runtime
+            .block_on(api.auth_apply(&endpoints, &operator, &step, password))
+            .unwrap_or_else(|e| panic!("{step:?}: {e}\n{}", cluster.logs()));
+        steps.push(step);
+    }
+    assert_eq!(steps.len(), auth::MAX_STEPS, "{steps:?}");
+    assert_eq!(steps.last(), Some(&AuthStep::Enable));
+    // Read again, as the operator: on, and nothing more to do.
+    let state = runtime
+        .block_on(api.auth_state(&endpoints, &operator))
+        .expect("auth state as the operator");
+    assert!(state.enabled);
+
+    // etcdctl without a user is refused; root with its password is served.
+    cluster.expect_err(cluster.run(&cluster.endpoints(), &["get", "k"], None));
+    let root = format!("--user={ROOT}:{ROOT_PASSWORD}");
+    cluster.expect_ok(cluster.run(&cluster.endpoints(), &[&root, "put", "k", "v"], None));
+
+    // The operator observes every member healthy as its own user...
+    let names = ClusterNames {
+        name: "kv".into(),
+        namespace: "test".into(),
+        uid: "u".into(),
+        tls: false,
+    };
+    let membership = runtime
+        .block_on(api.observe(&names, &endpoints, &operator))
+        .expect("observe")
+        .expect("members answer");
+    assert_eq!(membership.members.len(), 3);
+    assert!(
+        membership.members.iter().all(|m| m.healthy),
+        "{membership:?}"
+    );
+    // ...and may change voters (asking for the current set is a no-op),
+    // which the anonymous are refused.
+    let voters: BTreeSet<u64> = membership.members.iter().map(|m| m.id).collect();
+    runtime
+        .block_on(api.change_voters(&endpoints, &operator, &voters))
+        .expect("ChangeVoters as the operator");
+    let anonymous = Access::default();
+    runtime
+        .block_on(api.change_voters(&endpoints, &anonymous, &voters))
+        .expect_err("ChangeVoters without a user");
+    let wrong = Access {
+        tls: None,
+        credentials: Some(Credentials {
+            user: OPERATOR_USER.into(),
+            password: "wrong".into(),
+        }),
+    };
+    runtime
+        .block_on(api.change_voters(&endpoints, &wrong, &voters))
+        .expect_err("ChangeVoters with a wrong password");
+}
