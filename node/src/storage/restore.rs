@@ -3,7 +3,8 @@
 //! one.
 //!
 //! A restored data dir holds the snapshot's state-machine tables (keys,
-//! history, watch order, leases, revision and compact revision) and nothing
+//! history, watch order, leases, users and roles, revision and compact
+//! revision) and nothing
 //! else: no member identity, no Raft log, vote, applied id or membership.
 //! The first start therefore sees a fresh data dir, derives the member and
 //! cluster ids from its flags and bootstraps a new cluster as usual; the
