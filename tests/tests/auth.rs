@@ -267,9 +267,35 @@ async fn connect_as(c: &Cluster, i: usize, user: &str) -> Client {
 }
 
 #[test]
-fn a_watch_outside_the_permission_is_refused_and_one_inside_works() {
+fn watches_leases_and_maintenance_are_checked_as_etcd_checks_them() {
     let c = Cluster::start_with(3, &FAST_BCRYPT);
-    set_up_auth(&c, &c.endpoints());
+    let all = c.endpoints();
+    set_up_auth(&c, &all);
+
+    // Leases: whoever revokes (or reads) one needs write (read) on every
+    // key attached to it; a put onto it needs write on those keys too.
+    let granted = ok_as(&c, &all, BOTH, &["lease", "grant", "600"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("lease id in {granted:?}"))
+        .to_string();
+    let on_lease = format!("--lease={id}");
+    ok_as(&c, &all, BOTH, &["put", &on_lease, "bk", "leased"]);
+    ok_as(&c, &all, ROOT, &["put", &on_lease, "secret", "leased"]);
+    refused_as(&c, &all, BOTH, &["lease", "timetolive", &id], DENIED);
+    refused_as(&c, &all, BOTH, &["lease", "revoke", &id], DENIED);
+    refused_as(&c, &all, BOTH, &["put", &on_lease, "bp/z", "v"], DENIED);
+    let revoked = ok_as(&c, &all, ROOT, &["lease", "revoke", &id]);
+    assert!(revoked.contains("revoked"), "{revoked}");
+
+    // Maintenance: defrag and hashes are root's; status and alarms are not.
+    refused_as(&c, &c.endpoint(1), BOTH, &["defrag"], DENIED);
+    refused_as(&c, &c.endpoint(1), BOTH, &["endpoint", "hashkv"], DENIED);
+    ok_as(&c, &c.endpoint(1), ROOT, &["endpoint", "hashkv"]);
+    ok_as(&c, &c.endpoint(1), BOTH, &["endpoint", "status"]);
+    ok_as(&c, &c.endpoint(1), BOTH, &["alarm", "list"]);
+
     runtime().block_on(async {
         for i in 0..3 {
             let mut client = connect_as(&c, i, BOTH).await;
