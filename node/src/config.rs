@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::tls::TlsSettings;
+use crate::tls::settings::{self, AutoTls, Side, SideFlags};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
     New,
@@ -172,6 +175,58 @@ pub struct Flags {
     /// bcrypt cost of stored password hashes (4 to 31).
     #[arg(long, env = "WITAN_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Extra URLs serving only the HTTP endpoints (/metrics, /health,
+    /// /livez, /readyz, /version), http or https (comma separated).
+    #[arg(long, env = "WITAN_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// etcd's TLS flags (docs/tls.md). The booleans take `--flag`,
+/// `--flag=true` and `--flag=false`, as Go's flag package does.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsFlags {
+    /// Certificate (PEM) of the client listener.
+    #[arg(long, env = "WITAN_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the client listener.
+    #[arg(long, env = "WITAN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates; clients must present one.
+    #[arg(long, env = "WITAN_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file; their CN is
+    /// the user name for auth.
+    #[arg(long, env = "WITAN_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Serve https clients with a self-signed certificate (kept in
+    /// <data-dir>/fixtures/client).
+    #[arg(long, env = "WITAN_AUTO_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Certificate (PEM) of the peer listener, also presented when dialling peers.
+    #[arg(long, env = "WITAN_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the peer certificate.
+    #[arg(long, env = "WITAN_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that signs the members' peer certificates.
+    #[arg(long, env = "WITAN_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "WITAN_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS with a self-signed certificate (kept in
+    /// <data-dir>/fixtures/peer); peers do not verify each other.
+    #[arg(long, env = "WITAN_PEER_AUTO_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Validity of --auto-tls/--peer-auto-tls certificates, in years.
+    #[arg(
+        long = "self-signed-cert-validity",
+        env = "WITAN_SELF_SIGNED_CERT_VALIDITY",
+        default_value_t = 1
+    )]
+    pub self_signed_cert_validity_years: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -286,6 +341,43 @@ pub struct Config {
     pub quota_backend_bytes: Option<u64>,
     /// Token type, token TTL and bcrypt cost.
     pub auth: crate::auth::AuthConfig,
+    /// `--listen-client-urls` with their schemes (`listen_client_addrs` in order).
+    pub listen_client_urls: Vec<ListenUrl>,
+    /// `--listen-peer-urls` with their schemes (`listen_peer_addrs` in order).
+    pub listen_peer_urls: Vec<ListenUrl>,
+    /// `--listen-metrics-urls`: HTTP endpoints only; https uses the client TLS.
+    pub listen_metrics_urls: Vec<ListenUrl>,
+    /// TLS of the client (and metrics) listeners.
+    pub client_tls: TlsSettings,
+    /// TLS of the peer listener and the peer dialer.
+    pub peer_tls: TlsSettings,
+}
+
+/// A listen URL: where to bind and whether to speak TLS there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub addr: SocketAddr,
+    pub https: bool,
+}
+
+/// An `http(s)://host:port` URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    pub https: bool,
+    /// Without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl ParsedUrl {
+    /// `host:port` (IPv6 in brackets), to dial.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// A flag that does not make sense.
@@ -319,12 +411,21 @@ fn url_list(flag: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
     Ok(urls)
 }
 
-/// `http://host:port` -> (host, port). TLS (`https://`) comes with the
-/// security work and is refused until then.
+/// `http(s)://host:port` -> (host, port).
 fn host_port(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+    parse_url(url).map(|u| (u.host, u.port))
+}
+
+/// Takes an `http://` or `https://` URL with a port apart.
+pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (
+            false,
+            url.strip_prefix("http://")
+                .ok_or_else(|| format!("{url:?}: only http:// and https:// URLs are supported"))?,
+        ),
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest
         .rsplit_once(':')
@@ -336,13 +437,21 @@ fn host_port(url: &str) -> Result<(String, u16), String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    Ok((host, port))
+    Ok(ParsedUrl { https, host, port })
 }
 
 fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    Ok(listen_urls(flag, raw)?
+        .into_iter()
+        .map(|u| u.addr)
+        .collect())
+}
+
+fn listen_urls(flag: &'static str, raw: &str) -> Result<Vec<ListenUrl>, ConfigError> {
     let mut out = Vec::new();
     for url in url_list(flag, raw)? {
-        let (host, port) = host_port(&url).map_err(|r| bad(flag, r))?;
+        let parsed = parse_url(&url).map_err(|r| bad(flag, r))?;
+        let (host, port) = (parsed.host, parsed.port);
         let host = if host == "localhost" {
             "127.0.0.1".to_string()
         } else {
@@ -354,7 +463,10 @@ fn listen_addrs(flag: &'static str, raw: &str) -> Result<Vec<SocketAddr>, Config
                 format!("{url:?}: listen on an IP address, not a name"),
             )
         })?;
-        out.push(SocketAddr::new(ip, port));
+        out.push(ListenUrl {
+            addr: SocketAddr::new(ip, port),
+            https: parsed.https,
+        });
     }
     Ok(out)
 }
@@ -488,16 +600,39 @@ impl Config {
         let auto_compaction =
             parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
         let auth = auth_config(&flags)?;
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.witan", flags.name)));
+        let listen_client_urls = listen_urls("listen-client-urls", &flags.listen_client_urls)?;
+        let listen_peer_urls = listen_urls("listen-peer-urls", &flags.listen_peer_urls)?;
+        let listen_metrics_urls = if flags.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            listen_urls("listen-metrics-urls", &flags.listen_metrics_urls)?
+        };
+        let advertise_client_urls =
+            url_list("advertise-client-urls", &flags.advertise_client_urls)?;
+        let (client_tls, peer_tls) = tls_settings(
+            &flags,
+            &data_dir,
+            &advertise_client_urls,
+            &initial_advertise_peer_urls,
+            &initial_cluster,
+        )?;
         Ok(Config {
             auth,
+            listen_client_urls,
+            listen_peer_urls,
+            listen_metrics_urls,
+            client_tls,
+            peer_tls,
             auto_compaction,
             quota_backend_bytes: quota_backend_bytes(flags.quota_backend_bytes),
-            data_dir: flags
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(format!("{}.witan", flags.name))),
+            data_dir,
             name: flags.name,
             listen_client_addrs: listen_addrs("listen-client-urls", &flags.listen_client_urls)?,
-            advertise_client_urls: url_list("advertise-client-urls", &flags.advertise_client_urls)?,
+            advertise_client_urls,
             listen_peer_addrs: listen_addrs("listen-peer-urls", &flags.listen_peer_urls)?,
             initial_advertise_peer_urls,
             initial_cluster,
@@ -513,15 +648,117 @@ impl Config {
         })
     }
 
+    /// Whether the peer dialer needs TLS: an https URL among this member's
+    /// peers as configured.
+    pub fn dials_https_peers(&self) -> bool {
+        self.initial_cluster
+            .values()
+            .flatten()
+            .any(|u| u.starts_with("https://"))
+    }
+
     /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
     pub fn min_lease_ttl_secs(&self) -> i64 {
         (self.election_timeout_ms * 3 / 2).div_ceil(1000) as i64
     }
 }
 
+/// The hosts of `urls` (for `--auto-tls` certificates).
+fn hosts<'a>(urls: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    urls.into_iter()
+        .filter_map(|u| parse_url(u).ok())
+        .map(|u| u.host)
+        .collect()
+}
+
+/// The (client, peer) TLS settings from the TLS flags and the URLs.
+fn tls_settings(
+    flags: &Flags,
+    data_dir: &std::path::Path,
+    advertise_client_urls: &[String],
+    advertise_peer_urls: &[String],
+    initial_cluster: &BTreeMap<String, Vec<String>>,
+) -> Result<(TlsSettings, TlsSettings), ConfigError> {
+    let tls = &flags.tls;
+    let validity_years = tls.self_signed_cert_validity_years;
+    if validity_years == 0 && (tls.auto_tls || tls.peer_auto_tls) {
+        return Err(bad(
+            "self-signed-cert-validity",
+            "must be at least 1 (years)",
+        ));
+    }
+    let split = |raw: &str| -> Vec<String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let listen_client = split(&flags.listen_client_urls);
+    let listen_metrics = split(&flags.listen_metrics_urls);
+    let listen_peer = split(&flags.listen_peer_urls);
+    let https = |flag: &'static str, urls: &[String]| -> Vec<(&'static str, String)> {
+        urls.iter()
+            .filter(|u| u.starts_with("https://"))
+            .map(|u| (flag, u.clone()))
+            .collect()
+    };
+    let client_https: Vec<(&'static str, String)> = [
+        https("listen-client-urls", &listen_client),
+        https("listen-metrics-urls", &listen_metrics),
+    ]
+    .concat();
+    let cluster_urls: Vec<String> = initial_cluster.values().flatten().cloned().collect();
+    let peer_https: Vec<(&'static str, String)> = [
+        https("listen-peer-urls", &listen_peer),
+        https("initial-advertise-peer-urls", advertise_peer_urls),
+        https("initial-cluster", &cluster_urls),
+    ]
+    .concat();
+    let client_refs: Vec<(&'static str, &str)> =
+        client_https.iter().map(|(f, u)| (*f, u.as_str())).collect();
+    let peer_refs: Vec<(&'static str, &str)> =
+        peer_https.iter().map(|(f, u)| (*f, u.as_str())).collect();
+    let fixtures = data_dir.join("fixtures");
+    let client = settings::settings(
+        Side::Client,
+        &SideFlags {
+            cert_file: tls.cert_file.as_deref(),
+            key_file: tls.key_file.as_deref(),
+            trusted_ca_file: tls.trusted_ca_file.as_deref(),
+            client_cert_auth: tls.client_cert_auth,
+            auto_tls: tls.auto_tls,
+        },
+        &client_refs,
+        AutoTls {
+            dir: fixtures.join("client"),
+            hosts: hosts(listen_client.iter().chain(advertise_client_urls)),
+            validity_years,
+        },
+    )?;
+    let peer = settings::settings(
+        Side::Peer,
+        &SideFlags {
+            cert_file: tls.peer_cert_file.as_deref(),
+            key_file: tls.peer_key_file.as_deref(),
+            trusted_ca_file: tls.peer_trusted_ca_file.as_deref(),
+            client_cert_auth: tls.peer_client_cert_auth,
+            auto_tls: tls.peer_auto_tls,
+        },
+        &peer_refs,
+        AutoTls {
+            dir: fixtures.join("peer"),
+            hosts: hosts(listen_peer.iter().chain(advertise_peer_urls)),
+            validity_years,
+        },
+    )?;
+    Ok((client, peer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::CertSource;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["witan"];
@@ -627,12 +864,98 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags() {
+        // Plain http stays the default and needs no TLS.
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.client_tls, TlsSettings::default());
+        assert!(cfg.listen_metrics_urls.is_empty());
+        assert!(!cfg.listen_client_urls[0].https);
+
+        let err = parse(&["--listen-client-urls", "https://127.0.0.1:2379"]).unwrap_err();
+        assert_eq!(err.flag, "listen-client-urls");
+        assert!(err.reason.contains("must be provided"), "{err}");
+
+        // Go-style booleans: bare, =true and =false.
+        let https = [
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--trusted-ca-file",
+            "ca.pem",
+            "--listen-metrics-urls",
+            "http://127.0.0.1:2381",
+        ];
+        for (flag, expected) in [
+            ("--client-cert-auth", true),
+            ("--client-cert-auth=true", true),
+            ("--client-cert-auth=false", false),
+        ] {
+            let mut args = https.to_vec();
+            args.push(flag);
+            let cfg = parse(&args).unwrap();
+            assert_eq!(cfg.client_tls.client_cert_auth, expected, "{flag}");
+            assert!(cfg.listen_client_urls[0].https);
+            assert_eq!(
+                cfg.listen_metrics_urls,
+                vec![ListenUrl {
+                    addr: "127.0.0.1:2381".parse().unwrap(),
+                    https: false
+                }]
+            );
+        }
+
+        // --auto-tls keeps its certificate under the data dir.
+        let cfg = parse(&[
+            "--data-dir",
+            "/d",
+            "--auto-tls",
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+        ])
+        .unwrap();
+        match cfg.client_tls.cert {
+            Some(CertSource::Auto { dir, hosts, .. }) => {
+                assert_eq!(dir, PathBuf::from("/d/fixtures/client"));
+                assert!(hosts.contains(&"127.0.0.1".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse(&["--auto-tls", "--self-signed-cert-validity", "0"]).unwrap_err();
+        assert_eq!(err.flag, "self-signed-cert-validity");
+
+        // https peers: the peer certificate and a CA to verify the others.
+        let peer = "https://127.0.0.1:2380";
+        let err = parse(&[
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .unwrap_err();
+        assert!(err.reason.contains("--peer-cert-file"), "{err}");
+        let cfg = parse(&[
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--peer-auto-tls",
+        ])
+        .unwrap();
+        assert!(cfg.dials_https_peers());
+        assert!(cfg.listen_peer_urls[0].https);
+    }
+
+    #[test]
     fn durations_and_urls() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_duration("5x").is_err());
-        assert!(host_port("https://a:1").is_err());
+        assert!(host_port("ftp://a:1").is_err());
+        assert_eq!(host_port("https://a:1"), Ok(("a".to_string(), 1)));
         assert_eq!(
             host_port("http://[::1]:2379"),
             Ok(("::1".to_string(), 2379))

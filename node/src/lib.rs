@@ -24,3 +24,4 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;

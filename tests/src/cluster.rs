@@ -58,6 +58,9 @@ pub struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// `http` or `https`.
+    client_scheme: &'static str,
+    peer_scheme: &'static str,
     data_dir: TempDir,
     log_path: PathBuf,
     args: Vec<String>,
@@ -65,17 +68,21 @@ pub struct Member {
 }
 
 impl Member {
-    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
+    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it
+    /// (`https://127.0.0.1:<client port>` when the member serves TLS).
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.client_scheme {
+            "https" => self.client_url(),
+            _ => format!("127.0.0.1:{}", self.client_port),
+        }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -146,6 +153,24 @@ impl Drop for Member {
     }
 }
 
+/// TLS for a test cluster (see tests/tests/tls.rs): URL schemes, each
+/// member's certificate flags, and the flags every harness etcdctl run gets.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub client_https: bool,
+    pub peer_https: bool,
+    /// Flags of member `i` (on top of the cluster's extra flags).
+    pub member_flags: Vec<Vec<String>>,
+    /// etcdctl flags for every run (`--cacert`, `--cert`, `--key`).
+    pub ctl_flags: Vec<String>,
+    /// Members that must become healthy at start (`None`: all).
+    pub wait_for: Option<Vec<usize>>,
+}
+
+fn scheme(https: bool) -> &'static str {
+    if https { "https" } else { "http" }
+}
+
 /// A member named `name` on the given ports, not started yet.
 #[allow(clippy::too_many_arguments)]
 fn new_member(
@@ -157,10 +182,12 @@ fn new_member(
     token: &str,
     extra_args: &[&str],
     logs: &Path,
+    security: &Security,
 ) -> Member {
     let data_dir = TempDir::with_prefix(format!("witan-{name}-")).expect("data temp dir");
-    let client = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
+    let (client_scheme, peer_scheme) = (scheme(security.client_https), scheme(security.peer_https));
+    let client = format!("{client_scheme}://127.0.0.1:{client_port}");
+    let peer = format!("{peer_scheme}://127.0.0.1:{peer_port}");
     let mut args: Vec<String> = [
         "--name",
         name,
@@ -195,6 +222,8 @@ fn new_member(
         name: name.to_string(),
         client_port,
         peer_port,
+        client_scheme,
+        peer_scheme,
         data_dir,
         log_path,
         args,
@@ -213,6 +242,7 @@ pub struct Cluster {
     /// `--user` for health checks, once auth is on (etcdctl 3.4's
     /// `endpoint health` counts "user name is empty" as unhealthy).
     health_user: Option<String>,
+    security: Security,
 }
 
 fn unique_token() -> String {
@@ -250,9 +280,29 @@ impl Cluster {
         health_user: Option<&str>,
         prepare: impl Fn(&Member),
     ) -> Cluster {
+        Cluster::start_with_options(n, extra_args, health_user, Security::default(), prepare)
+    }
+
+    /// [`Cluster::start_prepared`] with TLS as `security` says.
+    pub fn start_secure(
+        n: usize,
+        extra_args: &[&str],
+        security: Security,
+        prepare: impl Fn(&Member),
+    ) -> Cluster {
+        Cluster::start_with_options(n, extra_args, None, security, prepare)
+    }
+
+    fn start_with_options(
+        n: usize,
+        extra_args: &[&str],
+        health_user: Option<&str>,
+        security: Security,
+        prepare: impl Fn(&Member),
+    ) -> Cluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Cluster::try_start(n, extra_args, health_user, &prepare) {
+            match Cluster::try_start(n, extra_args, health_user, &security, &prepare) {
                 Ok(cluster) => return cluster,
                 // Someone took a port between choosing and binding: new ports.
                 Err(e) if e.contains("Address already in use") => last = e,
@@ -266,6 +316,7 @@ impl Cluster {
         n: usize,
         extra_args: &[&str],
         health_user: Option<&str>,
+        security: &Security,
         prepare: &dyn Fn(&Member),
     ) -> Result<Cluster, String> {
         assert!(n > 0);
@@ -276,12 +327,22 @@ impl Cluster {
         let initial_cluster = names
             .iter()
             .zip(ports.chunks(2))
-            .map(|(name, p)| format!("{name}=http://127.0.0.1:{}", p[1]))
+            .map(|(name, p)| {
+                format!(
+                    "{name}={}://127.0.0.1:{}",
+                    scheme(security.peer_https),
+                    p[1]
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
-        for (name, p) in names.iter().zip(ports.chunks(2)) {
+        for (i, (name, p)) in names.iter().zip(ports.chunks(2)).enumerate() {
             let (client_port, peer_port) = (p[0], p[1]);
+            let mut args = extra_args.to_vec();
+            if let Some(own) = security.member_flags.get(i) {
+                args.extend(own.iter().map(String::as_str));
+            }
             members.push(new_member(
                 name,
                 client_port,
@@ -289,8 +350,9 @@ impl Cluster {
                 &initial_cluster,
                 "new",
                 &token,
-                extra_args,
+                &args,
                 logs.path(),
+                security,
             ));
         }
         let mut cluster = Cluster {
@@ -299,13 +361,15 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             logs,
             health_user: health_user.map(str::to_string),
+            security: security.clone(),
         };
         for member in &mut cluster.members {
             prepare(member);
             member.spawn();
         }
         let all: Vec<usize> = (0..n).collect();
-        cluster.try_wait_healthy(&all, READY_TIMEOUT)?;
+        let wait_for = security.wait_for.clone().unwrap_or(all);
+        cluster.try_wait_healthy(&wait_for, READY_TIMEOUT)?;
         Ok(cluster)
     }
 
@@ -322,7 +386,11 @@ impl Cluster {
             .filter(|m| m.is_running())
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect();
-        initial.push(format!("{name}=http://127.0.0.1:{}", ports[1]));
+        initial.push(format!(
+            "{name}={}://127.0.0.1:{}",
+            scheme(self.security.peer_https),
+            ports[1]
+        ));
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let member = new_member(
             name,
@@ -333,6 +401,7 @@ impl Cluster {
             &self.token,
             &extra,
             self.logs.path(),
+            &self.security,
         );
         self.members.push(member);
         self.members.len() - 1
@@ -378,7 +447,10 @@ impl Cluster {
         self.wait_exit(i, READY_TIMEOUT);
         let (client_port, peer_port) = (self.members[i].client_port, self.members[i].peer_port);
         let name = format!("{}-new", self.members[i].name);
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let peer_url = format!(
+            "{}://127.0.0.1:{peer_port}",
+            scheme(self.security.peer_https)
+        );
         let mut initial: Vec<String> = self
             .members
             .iter()
@@ -397,6 +469,7 @@ impl Cluster {
             &self.token,
             &extra,
             self.logs.path(),
+            &self.security,
         );
         let added = crate::json(&self.ctl_on(
             other,
@@ -570,6 +643,8 @@ impl Cluster {
         if let Some(user) = &user {
             health_args.extend(["--user", user.as_str()]);
         }
+        let ctl_flags = self.security.ctl_flags.clone();
+        health_args.extend(ctl_flags.iter().map(String::as_str));
         loop {
             for &i in which {
                 if let Some(exit) = self.members[i].exited() {
@@ -624,9 +699,16 @@ impl Cluster {
         )
     }
 
-    /// Runs etcdctl against `endpoints` (not checked).
+    /// Runs etcdctl against `endpoints` (not checked), with the cluster's
+    /// TLS flags if it has any.
     pub fn run(&self, endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        CtlOutput::run(endpoints, args, stdin)
+        CtlOutput::run(endpoints, &self.with_ctl_flags(args), stdin)
+    }
+
+    fn with_ctl_flags<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut full = args.to_vec();
+        full.extend(self.security.ctl_flags.iter().map(String::as_str));
+        full
     }
 
     /// Panics with the run and the member logs unless `out` succeeded;
@@ -736,7 +818,7 @@ impl Cluster {
         full.extend_from_slice(args);
         LineChild::spawn(
             format!("etcdctl {}", full.join(" ")),
-            ctl::command(&self.endpoints(), &full),
+            ctl::command(&self.endpoints(), &self.with_ctl_flags(&full)),
         )
     }
 }

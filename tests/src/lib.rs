@@ -11,6 +11,9 @@
 //!   [`Cluster::wait_applied`] waits until a member has applied a revision.
 //! - [`run_witan`] and [`restore_into`] run the offline `witan snapshot`
 //!   commands.
+//! - [`curl`] fetches a member's HTTP endpoint (plain or https).
+//! - [`pki`] makes CAs and certificates (rcgen) for TLS tests;
+//!   [`Security`] starts a cluster with https URLs and etcdctl's TLS flags.
 //! - [`LineChild`] runs a long-lived process (`etcdctl watch`, a shell) and
 //!   hands its stdout over line by line, with deadlines.
 //!
@@ -21,12 +24,15 @@ mod answers;
 mod binary;
 mod cluster;
 mod ctl;
+mod curl;
 mod offline;
+pub mod pki;
 mod process;
 
 pub use answers::{json, revision_of};
 pub use binary::witan_bin;
-pub use cluster::{Cluster, Member, free_ports};
+pub use cluster::{Cluster, Member, Security, free_ports};
 pub use ctl::{CtlOutput, clear_etcdctl_env, etcdctl_bin};
+pub use curl::{Reply, curl};
 pub use offline::{flag_of, restore_into, run_witan};
 pub use process::{LineChild, poll_until, run_bounded};

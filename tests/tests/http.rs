@@ -1,47 +1,14 @@
 //! etcd's HTTP endpoints (`/health`, `/livez`, `/readyz`, `/version`) on the
 //! client port, next to gRPC, probed with curl over HTTP/1.1 (and h2c).
 
-use std::process::Command;
 use std::time::Duration;
 
-use witan_tests::{Cluster, poll_until, run_bounded};
-
-/// How long one curl may take.
-const CURL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A status code and a body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-}
+use witan_tests::{Cluster, Reply, curl, poll_until};
 
 /// `GET http://127.0.0.1:<port><path>` with curl, over HTTP/1.1 unless
 /// `extra` says otherwise.
 fn get_with(port: u16, path: &str, extra: &[&str]) -> Result<Reply, String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "--max-time", "8", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = run_bounded(cmd, None, CURL_TIMEOUT);
-    if !out.status.is_some_and(|s| s.success()) {
-        return Err(format!(
-            "curl {path} failed: {:?} {}",
-            out.status, out.stderr
-        ));
-    }
-    let (body, code) = out
-        .stdout
-        .rsplit_once('\n')
-        .ok_or_else(|| format!("no status line in {:?}", out.stdout))?;
-    let status = code
-        .trim()
-        .parse()
-        .map_err(|e| format!("status {code:?}: {e}"))?;
-    Ok(Reply {
-        status,
-        body: body.to_string(),
-    })
+    curl(&format!("http://127.0.0.1:{port}{path}"), extra)
 }
 
 fn get(port: u16, path: &str) -> Reply {

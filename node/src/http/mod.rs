@@ -28,6 +28,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The HTTP routes, to be merged with the gRPC services' router.
 pub fn router(member: Arc<Member>) -> Router {
+    endpoints(member.clone()).merge(gateway::router(member))
+}
+
+/// The HTTP endpoints without the gateway: all a `--listen-metrics-urls`
+/// listener serves.
+pub fn endpoints(member: Arc<Member>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
@@ -36,8 +42,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/readyz/{check}", get(readyz_check))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .with_state(member.clone())
-        .merge(gateway::router(member))
+        .with_state(member)
 }
 
 async fn health(State(member): State<Arc<Member>>, uri: Uri) -> Response {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::listener;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use super::committer::Committer;
@@ -45,6 +45,8 @@ pub enum StartError {
     Join(#[from] super::join::JoinError),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::token::TokenError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -158,7 +160,9 @@ async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
 pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let config = Arc::new(config);
     let store = Store::open(&config.data_dir)?;
-    let network = PeerNetwork::default();
+    // After the data dir exists: --auto-tls writes into it.
+    let tls = crate::tls::member::load(&config)?;
+    let network = PeerNetwork::new(PeerChannels::new(tls.peer_client.clone()));
     let channels = network.channels.clone();
     let (identity, fresh) = identity(&config, &store, &channels).await?;
     let id = identity.member_id;
@@ -191,6 +195,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
     let client_listeners = bind(&config.listen_client_addrs).await?;
+    let metrics_addrs: Vec<SocketAddr> =
+        config.listen_metrics_urls.iter().map(|u| u.addr).collect();
+    let metrics_listeners = bind(&metrics_addrs).await?;
 
     let raft = Raft::new(
         id,
@@ -256,7 +263,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
 
     let mut tasks = Vec::new();
     let mut peer_addrs = Vec::new();
-    for listener in peer_listeners {
+    for (listener, url) in peer_listeners.into_iter().zip(&config.listen_peer_urls) {
         peer_addrs.push(listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen_peer_addrs[0],
             source,
@@ -267,17 +274,18 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop_rx.clone();
+        let incoming = listener::incoming(
+            listener,
+            url.https.then(|| tls.peer_server.clone()).flatten(),
+        );
         tasks.push(tokio::spawn(
             async move {
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
-                        async move {
-                            let _ = stop.changed().await;
-                        },
-                    )
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
                     .await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "peer server failed");
@@ -287,16 +295,32 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         ));
     }
     let mut client_addrs = Vec::new();
-    for listener in client_listeners {
+    for (listener, url) in client_listeners.into_iter().zip(&config.listen_client_urls) {
         client_addrs.push(listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen_client_addrs[0],
+            addr: url.addr,
             source,
         })?);
+        let tls = url.https.then(|| tls.client.clone()).flatten();
         tasks.push(tokio::spawn(
-            crate::server::serve(member.clone(), listener, stop_rx.clone())
+            crate::server::serve(member.clone(), listener, tls, stop_rx.clone())
                 .instrument(span.clone()),
         ));
     }
+    for (listener, url) in metrics_listeners
+        .into_iter()
+        .zip(&config.listen_metrics_urls)
+    {
+        let tls = url.https.then(|| tls.client.clone()).flatten();
+        tasks.push(tokio::spawn(
+            crate::server::serve_http_endpoints(member.clone(), listener, tls, stop_rx.clone())
+                .instrument(span.clone()),
+        ));
+    }
+    // Certificates rotate without a restart: the files are read again
+    // every second and new handshakes use what they hold.
+    tasks.push(tokio::spawn(
+        crate::tls::reload::watch(tls.reloadable, stop_rx.clone()).instrument(span.clone()),
+    ));
     tasks.push(tokio::spawn(
         tasks::promote_leases_on_leadership(member.clone(), stop_rx.clone())
             .instrument(span.clone()),

@@ -14,6 +14,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use prometheus::{Histogram, HistogramVec};
+use rustls::ClientConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -21,19 +22,33 @@ use tonic::transport::{Channel, Endpoint};
 use super::types::{MemberNode, NodeId, TypeConfig};
 use crate::proto::witanpb::RaftMessage;
 use crate::proto::witanpb::raft_client::RaftClient;
+use crate::tls::Reloading;
+use crate::tls::connector::Connector;
 
 /// Largest peer message accepted, in bytes (snapshots travel in chunks far
 /// below this; log batches are bounded by the proposer).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Lazily connected gRPC channels to peers, shared by Raft replication and
-/// request forwarding.
+/// request forwarding. `https://` peers are dialled with the peer TLS
+/// (the peer certificate as client certificate, the peer CA to verify),
+/// reloaded from disk for every new connection.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<Reloading<ClientConfig>>>,
 }
 
 impl PeerChannels {
+    /// Channels that dial `https://` peers with `tls` (none: https peers
+    /// are refused with a clear error).
+    pub fn new(tls: Option<Arc<Reloading<ClientConfig>>>) -> Self {
+        PeerChannels {
+            channels: Default::default(),
+            tls,
+        }
+    }
+
     /// A client for the member reachable at `node`'s first peer URL.
     pub fn client(&self, node: &MemberNode) -> Result<RaftClient<Channel>, String> {
         let url = node
@@ -44,12 +59,14 @@ impl PeerChannels {
         let channel = match map.get(url) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(url.clone())
+                let (connector, uri) = Connector::new(url, self.tls.as_ref())
+                    .map_err(|e| format!("peer URL {url}: {e}"))?;
+                let channel = Endpoint::from_shared(uri)
                     .map_err(|e| format!("bad peer URL {url}: {e}"))?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy();
+                    .connect_with_connector_lazy(connector);
                 map.insert(url.clone(), channel.clone());
                 channel
             }
@@ -69,6 +86,13 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
+    pub fn new(channels: PeerChannels) -> Self {
+        PeerNetwork {
+            channels,
+            round_trip_time: None,
+        }
+    }
+
     /// Times heartbeats to each peer into `histogram` (label `To`).
     pub fn with_round_trip_time(mut self, histogram: HistogramVec) -> Self {
         self.round_trip_time = Some(histogram);

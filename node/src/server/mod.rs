@@ -16,7 +16,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
 use tokio_stream::StreamExt as _;
-use tonic::transport::server::TcpIncoming;
 
 use crate::node::Member;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -25,14 +24,17 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::witanpb::membership_server::MembershipServer;
+use crate::tls::listener::{self, Acceptor};
 
 /// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Serves the client API on one listener until `stop` flips.
+/// Serves the client API on one listener until `stop` flips; over TLS
+/// when `tls` is given (an `https://` listen URL).
 pub async fn serve(
     member: Arc<Member>,
     listener: TcpListener,
+    tls: Option<Acceptor>,
     mut stop: tokio_watch::Receiver<bool>,
 ) {
     let max_recv = member.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -74,7 +76,9 @@ pub async fn serve(
                 member.clone(),
                 learner_gate::refuse_for_learner,
             ))
-            .merge(crate::http::router(member.clone())),
+            .merge(crate::http::router(member.clone()))
+            // The verified client certificate's CN, for auth.
+            .layer(axum::middleware::map_request(listener::copy_identity)),
     );
     let result = tonic::transport::Server::builder()
         .accept_http1(true)
@@ -83,10 +87,9 @@ pub async fn serve(
         .layer(metered::GrpcMetricsLayer::new(member.metrics.grpc.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            // Accepted connections get etcdctl's `:authority` repaired.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|conn| conn.map(authority::AuthorityRepair::new)),
+            // Accepted (and decrypted) connections get etcdctl's
+            // `:authority` repaired.
+            listener::incoming(listener, tls).map(|conn| conn.map(authority::AuthorityRepair::new)),
             async move {
                 let _ = stop.changed().await;
             },
@@ -94,5 +97,29 @@ pub async fn serve(
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "client server failed");
+    }
+}
+
+/// Serves only the HTTP endpoints (/metrics, /health, /livez, /readyz,
+/// /version) on a `--listen-metrics-urls` listener until `stop` flips, so
+/// probes and Prometheus reach a member whose client port demands client
+/// certificates.
+pub async fn serve_http_endpoints(
+    member: Arc<Member>,
+    listener: TcpListener,
+    tls: Option<Acceptor>,
+    mut stop: tokio_watch::Receiver<bool>,
+) {
+    let routes = tonic::service::Routes::from(crate::http::endpoints(member));
+    let result = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls), async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics server failed");
     }
 }
