@@ -128,8 +128,20 @@ pub enum TokenError {
 /// Simple tokens this member knows: token -> (user, expiry).
 pub struct SimpleTokens {
     ttl: Duration,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    tokens: Mutex<Tokens>,
 }
+
+#[derive(Default)]
+struct Tokens {
+    live: HashMap<String, (String, Instant)>,
+    /// When expired tokens were last dropped.
+    purged: Option<Instant>,
+}
+
+/// How often `add` drops expired tokens: often enough that the map holds
+/// little more than the tokens of the last TTL, rarely enough that a storm
+/// of logins does not rescan it each time.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Letters in a simple token before its `.` suffix (etcd uses 16).
 const SIMPLE_TOKEN_LETTERS: usize = 16;
@@ -138,7 +150,7 @@ impl SimpleTokens {
     pub fn new(ttl: Duration) -> Self {
         SimpleTokens {
             ttl,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Tokens::default()),
         }
     }
 
@@ -157,25 +169,31 @@ impl SimpleTokens {
         format!("{letters}.{nanos}")
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
         // A panic while holding the lock leaves a map that is still valid.
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a token; expired ones are dropped on the way, so the map
-    /// holds at most the tokens of the last TTL.
+    /// Registers a token; expired ones are dropped on the way (at most once
+    /// per [`PURGE_EVERY`]), so the map holds about the tokens of one TTL.
     pub fn add(&self, token: String, user: String, now: Instant) {
         let mut tokens = self.lock();
-        tokens.retain(|_, (_, expiry)| *expiry > now);
-        tokens.insert(token, (user, now + self.ttl));
+        if tokens
+            .purged
+            .is_none_or(|at| now.saturating_duration_since(at) >= PURGE_EVERY)
+        {
+            tokens.live.retain(|_, (_, expiry)| *expiry > now);
+            tokens.purged = Some(now);
+        }
+        tokens.live.insert(token, (user, now + self.ttl));
     }
 
     /// The user of a live token; using it extends its life by the TTL.
     pub fn lookup(&self, token: &str, now: Instant) -> Option<String> {
         let mut tokens = self.lock();
-        let (user, expiry) = tokens.get_mut(token)?;
+        let (user, expiry) = tokens.live.get_mut(token)?;
         if *expiry <= now {
-            tokens.remove(token);
+            tokens.live.remove(token);
             return None;
         }
         *expiry = now + self.ttl;
@@ -184,12 +202,21 @@ impl SimpleTokens {
 
     /// Forgets every token of `user` (deleted, or a new password).
     pub fn invalidate_user(&self, user: &str) {
-        self.lock().retain(|_, (u, _)| u != user);
+        self.lock().live.retain(|_, (u, _)| u != user);
     }
 
     /// Forgets every token (auth disabled).
     pub fn clear(&self) {
-        self.lock().clear();
+        self.lock().live.clear();
+    }
+
+    /// How many tokens are held (expired ones not yet dropped included).
+    pub fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -371,6 +398,19 @@ mod tests {
         assert!(tokens.lookup("b", t0).is_some());
         tokens.clear();
         assert!(tokens.lookup("b", t0).is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_dropped_when_new_ones_come() {
+        let tokens = SimpleTokens::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for n in 0..100 {
+            tokens.add(format!("old.{n}"), "u".into(), t0);
+        }
+        assert_eq!(tokens.len(), 100);
+        tokens.add("new.1".into(), "u".into(), t0 + Duration::from_secs(2));
+        assert_eq!(tokens.len(), 1);
+        assert!(!tokens.is_empty());
     }
 
     #[test]
