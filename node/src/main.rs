@@ -3,6 +3,8 @@
 //! as etcdutl's do. Everything else lives in the library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,6 +12,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use witan_node::config::{Config, Flags, FoundingMember};
 use witan_node::storage::restore;
+use witan_node::tls::{
+    self, Reloading,
+    client::{ClientFiles, Verify},
+    connector::Connector,
+};
 
 /// `witan` with no subcommand runs a member with [`Flags`].
 #[derive(Debug, Parser)]
@@ -37,13 +44,51 @@ enum Command {
     /// caught-up learner, and the set must have an odd size. Voters left
     /// out are removed from the cluster.
     Voters {
-        /// Any member's client URL or host:port.
+        /// Any member's client URL (`https://` for TLS) or host:port.
         #[arg(long, default_value = "127.0.0.1:2379")]
         endpoint: String,
         /// Member ids in hex, as `etcdctl member list` prints them.
         #[arg(required = true, value_parser = parse_member_id)]
         ids: Vec<u64>,
+        #[command(flatten)]
+        tls: ClientTlsFlags,
     },
+}
+
+/// etcdctl's TLS flags, for an `https://` endpoint.
+#[derive(Debug, clap::Args)]
+struct ClientTlsFlags {
+    /// CA certificate (PEM) that signed the member's certificate.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for members with --client-cert-auth.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl ClientTlsFlags {
+    /// The dialer's TLS, if any flag asks for it.
+    fn load(self) -> anyhow::Result<Option<Arc<Reloading<rustls::ClientConfig>>>> {
+        if self.cacert.is_none() && self.cert.is_none() && self.key.is_none() {
+            return Ok(None);
+        }
+        let cert_and_key = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("--cert and --key go together"),
+        };
+        let ca = self
+            .cacert
+            .context("--cacert is required to verify the member's certificate")?;
+        let files = ClientFiles {
+            verify: Verify::Ca(ca),
+            cert_and_key,
+        };
+        Ok(Some(Arc::new(tls::client::load("witan voters", &files)?)))
+    }
 }
 
 fn parse_member_id(raw: &str) -> Result<u64, String> {
@@ -110,12 +155,12 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(daemon(cli.flags)),
-        Some(Command::Voters { endpoint, ids }) => {
+        Some(Command::Voters { endpoint, ids, tls }) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            if let Err(e) = runtime.block_on(change_voters(endpoint, ids)) {
+            if let Err(e) = runtime.block_on(change_voters(endpoint, ids, tls)) {
                 eprintln!("Error: {e:#}");
                 std::process::exit(1);
             }
@@ -131,7 +176,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn change_voters(endpoint: String, ids: Vec<u64>) -> anyhow::Result<()> {
+async fn change_voters(endpoint: String, ids: Vec<u64>, tls: ClientTlsFlags) -> anyhow::Result<()> {
     use witan_node::proto::witanpb::ChangeVotersRequest;
     use witan_node::proto::witanpb::membership_client::MembershipClient;
     let url = if endpoint.contains("://") {
@@ -139,9 +184,16 @@ async fn change_voters(endpoint: String, ids: Vec<u64>) -> anyhow::Result<()> {
     } else {
         format!("http://{endpoint}")
     };
-    let mut client = MembershipClient::connect(url.clone())
+    let tls = tls.load()?;
+    let (connector, uri) = Connector::new(&url, tls.as_ref())
+        .map_err(|e| anyhow::anyhow!("{e} (give --cacert for an https endpoint)"))?;
+    let channel = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("endpoint {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
         .await
         .with_context(|| format!("connecting to {url}"))?;
+    let mut client = MembershipClient::new(channel);
     let resp = client
         .change_voters(ChangeVotersRequest { voter_ids: ids })
         .await
@@ -273,7 +325,25 @@ mod tests {
         let cli = Cli::try_parse_from(["witan", "voters", "a1", "B2", "c3"]).expect("voters");
         assert!(matches!(
             cli.command,
-            Some(Command::Voters { ref ids, ref endpoint }) if ids == &[0xa1, 0xb2, 0xc3] && endpoint == "127.0.0.1:2379"
+            Some(Command::Voters { ref ids, ref endpoint, ref tls }) if ids == &[0xa1, 0xb2, 0xc3] && endpoint == "127.0.0.1:2379" && tls.cacert.is_none()
+        ));
+        let cli = Cli::try_parse_from([
+            "witan",
+            "voters",
+            "--endpoint",
+            "https://127.0.0.1:2379",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "a1",
+        ])
+        .expect("voters with etcdctl's TLS flags");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Voters { ref tls, .. }) if tls.cacert.as_deref() == Some(std::path::Path::new("ca.pem"))
         ));
         assert!(Cli::try_parse_from(["witan", "voters", "xyz"]).is_err());
         assert!(Cli::try_parse_from(["witan", "voters"]).is_err());

@@ -248,6 +248,30 @@ fn mutual_tls_cluster_serves_etcdctl_and_replicates_over_https_peers() {
             );
         }
     }
+    // witan's own client takes etcdctl's TLS flags: the same voter set
+    // again changes nothing and lists the three voters.
+    let ids: Vec<String> = members
+        .iter()
+        .map(|m| format!("{:x}", m["ID"].as_u64().expect("member ID")))
+        .collect();
+    let voters = |tls: &[String]| {
+        let mut cmd = Command::new(witan_tests::witan_bin());
+        cmd.args(["voters", "--endpoint", &cluster.endpoint(1)])
+            .args(tls)
+            .args(&ids);
+        run_bounded(cmd, None, Duration::from_secs(30))
+    };
+    let mut tls_flags = vec!["--cacert".to_string(), path_arg(pki.ca.file())];
+    tls_flags.extend(pki.alice.ctl_flags());
+    let out = voters(&tls_flags);
+    assert!(out.status.is_some_and(|s| s.success()), "{out:?}");
+    assert_eq!(out.stdout.matches(", voter, ").count(), 3, "{out:?}");
+    let out = voters(&[]);
+    assert!(
+        out.status.is_some_and(|s| !s.success()) && out.stderr.contains("--cacert"),
+        "an https endpoint without --cacert: {out:?}"
+    );
+
     let statuses = json(&cluster.ctl_on(0, &["endpoint", "status", "--cluster", "-w", "json"]));
     let statuses = statuses.as_array().expect("statuses");
     assert_eq!(statuses.len(), 3, "{statuses:?}");
