@@ -3,7 +3,7 @@
 //! once at start-up into [`Config`]; nothing else reads the environment.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -179,6 +179,12 @@ pub struct Flags {
     /// /livez, /readyz, /version), http or https (comma separated).
     #[arg(long, env = "WITAN_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
+    /// Local IP address peer connections are dialled from (default: the
+    /// operating system's choice). Not an etcd flag: witan's robustness
+    /// suite gives each member its own loopback address so the proxy it
+    /// puts on the peer links can tell which member dialled.
+    #[arg(long, env = "WITAN_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<IpAddr>,
     #[command(flatten)]
     pub tls: TlsFlags,
 }
@@ -351,6 +357,8 @@ pub struct Config {
     pub client_tls: TlsSettings,
     /// TLS of the peer listener and the peer dialer.
     pub peer_tls: TlsSettings,
+    /// `--peer-source-ip`: where peer connections come from.
+    pub peer_source_ip: Option<IpAddr>,
 }
 
 /// A listen URL: where to bind and whether to speak TLS there.
@@ -621,6 +629,7 @@ impl Config {
             &initial_cluster,
         )?;
         Ok(Config {
+            peer_source_ip: flags.peer_source_ip,
             auth,
             listen_client_urls,
             listen_peer_urls,

@@ -6,13 +6,16 @@
 //! SIGSTOP/SIGCONT pauses of 1–5 s of the leader, a follower or any member.
 //! A follower kept down until it must catch up by snapshot.
 //! Compaction and defragmentation under traffic; a member replaced
-//! (remove, wipe, add back as a learner, promote).
+//! (remove, wipe, add back as a learner, promote); through the peer proxy
+//! ([`crate::proxy`]), a member cut off from its peers, and delayed links.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::rngs::StdRng;
 use witan_tests::Cluster;
+
+use crate::proxy::{PeerProxy, Rules};
 
 /// Which member a fault hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,11 @@ pub enum Fault {
     /// A member replaced as etcd's runbook says ([`Cluster::replace`]):
     /// removed, wiped, added back as a learner, promoted.
     Replace { target: Target },
+    /// One member cut off from the others on the peer links for `ms` (a
+    /// minority of one; clients still reach it), then healed.
+    Isolate { target: Target, ms: u64 },
+    /// Every peer link delayed by `delay_ms` for `ms`.
+    Delay { delay_ms: u64, ms: u64 },
 }
 
 /// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
@@ -49,7 +57,7 @@ pub enum Fault {
 pub const SNAPSHOT_COUNT: u64 = 50;
 
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 13] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -60,6 +68,9 @@ pub const KINDS: [&str; 10] = [
     "snapshot-catch-up",
     "compact-defrag",
     "replace-member",
+    "isolate-leader",
+    "isolate-follower",
+    "delay-peers",
 ];
 
 impl Fault {
@@ -103,6 +114,18 @@ impl Fault {
             "replace-member" => Fault::Replace {
                 target: Target::Any,
             },
+            "isolate-leader" => Fault::Isolate {
+                target: Target::Leader,
+                ms: rng.random_range(2000..=6000),
+            },
+            "isolate-follower" => Fault::Isolate {
+                target: Target::Follower,
+                ms: rng.random_range(2000..=6000),
+            },
+            "delay-peers" => Fault::Delay {
+                delay_ms: rng.random_range(25..=125),
+                ms: rng.random_range(3000..=6000),
+            },
             _ => return None,
         })
     }
@@ -123,6 +146,11 @@ impl Fault {
         }
     }
 
+    /// Whether the run's members reach each other through the peer proxy.
+    pub fn needs_proxy(&self) -> bool {
+        matches!(self, Fault::Isolate { .. } | Fault::Delay { .. })
+    }
+
     /// How many members the run's cluster has.
     pub fn members(&self) -> usize {
         match self {
@@ -133,7 +161,13 @@ impl Fault {
 
     /// Injects the fault and heals it (restart or SIGCONT); returns what it
     /// did. Blocks for the fault's duration.
-    pub fn inject(&self, cluster: &mut Cluster, rng: &mut StdRng) -> String {
+    /// `proxy` is the peer proxy when [`Fault::needs_proxy`].
+    pub fn inject(
+        &self,
+        cluster: &mut Cluster,
+        proxy: Option<&PeerProxy>,
+        rng: &mut StdRng,
+    ) -> String {
         match *self {
             Fault::Kill { target, down_ms } => {
                 let i = pick(cluster, target, rng);
@@ -185,6 +219,33 @@ impl Fault {
                      then defrag of every member"
                 )
             }
+            Fault::Isolate { target, ms } => {
+                let proxy = proxy.expect("isolate runs behind the peer proxy");
+                let i = pick(cluster, target, rng);
+                proxy.set(Rules::isolate(i, cluster.len()));
+                std::thread::sleep(Duration::from_millis(ms));
+                proxy.heal();
+                // Proof the cut was real: cut off for longer than an
+                // election timeout, a leader loses its office.
+                let after = match target {
+                    Target::Leader if cluster.leader() != i => "; leadership moved",
+                    Target::Leader => "; leadership did NOT move",
+                    _ => "",
+                };
+                format!(
+                    "member {i} ({target:?}) cut off from its peers for {ms} ms, then healed{after}"
+                )
+            }
+            Fault::Delay { delay_ms, ms } => {
+                let proxy = proxy.expect("delay runs behind the peer proxy");
+                proxy.set(Rules::delay_all(
+                    Duration::from_millis(delay_ms),
+                    cluster.len(),
+                ));
+                std::thread::sleep(Duration::from_millis(ms));
+                proxy.heal();
+                format!("every peer link delayed by {delay_ms} ms for {ms} ms")
+            }
             Fault::Replace { target } => {
                 let i = pick(cluster, target, rng);
                 let id = cluster.replace(i);
@@ -215,7 +276,7 @@ pub fn leader_kills(cluster: &mut Cluster, rng: &mut StdRng, total: Duration) ->
             target: Target::Leader,
             down_ms,
         }
-        .inject(cluster, rng);
+        .inject(cluster, None, rng);
         kills += 1;
     }
     format!(

@@ -6,6 +6,8 @@
 //! `--seed N` replays the same fault and the same request mix. The timing
 //! of real processes is not replayable; the schedule is.
 
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,11 +16,12 @@ use std::time::{Duration, Instant};
 use etcd_client::GetOptions;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use witan_tests::Cluster;
+use witan_tests::{Cluster, PeerFront};
 
 use crate::checker::{self, Verdict};
 use crate::history::{FinalState, History, Kv};
 use crate::nemesis::{self, Fault};
+use crate::proxy::PeerProxy;
 use crate::report;
 use crate::traffic::{self, Recorder, TrafficConfig, kv_of};
 use crate::violation::{Kind, Violation};
@@ -190,6 +193,36 @@ async fn finish(urls: &[String], prefix: &str, at: u64, revision: i64, kvs: Vec<
     }
 }
 
+/// The address member `i` dials its peers from when they are proxied.
+fn source_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1 + i as u8))
+}
+
+/// The run's cluster, behind a [`PeerProxy`] when the fault needs one.
+fn start_cluster(fault: &Fault, member_args: &[&str]) -> (Cluster, Option<PeerProxy>) {
+    let n = fault.members();
+    if !fault.needs_proxy() {
+        return (Cluster::start_with(n, member_args), None);
+    }
+    // The harness may retry with new ports; the last proxy made is the one.
+    let made = RefCell::new(None);
+    let cluster = Cluster::start_fronted(n, member_args, |listen_ports| {
+        let upstreams: Vec<SocketAddr> = listen_ports
+            .iter()
+            .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let sources = (0..n).map(|i| (source_ip(i), i)).collect();
+        let proxy = PeerProxy::start(&upstreams, sources).expect("starting the peer proxy");
+        let front = PeerFront {
+            advertised_ports: proxy.listen_addrs().iter().map(SocketAddr::port).collect(),
+            source_ips: (0..n).map(source_ip).collect(),
+        };
+        *made.borrow_mut() = Some(proxy);
+        front
+    });
+    (cluster, made.into_inner())
+}
+
 /// One run with `seed`.
 pub fn run(seed: u64, options: &RunOptions) -> RunResult {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -202,7 +235,7 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
     eprintln!("robustness run: seed={seed} fault={fault:?}");
     let member_args = fault.member_args();
     let member_args: Vec<&str> = member_args.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start_with(fault.members(), &member_args);
+    let (mut cluster, proxy) = start_cluster(&fault, &member_args);
     let urls: Vec<String> = cluster.members().iter().map(|m| m.client_url()).collect();
     let cfg = options.traffic.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -255,7 +288,7 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
     wait_acked(&recorder, options.ops_before, options.phase_limit);
     let did = match options.leader_kills_for {
         Some(total) => nemesis::leader_kills(&mut cluster, &mut rng, total),
-        None => fault.inject(&mut cluster, &mut rng),
+        None => fault.inject(&mut cluster, proxy.as_ref(), &mut rng),
     };
     let last_fault_healed = Instant::now();
     let healed = recorder.acked.load(Ordering::Relaxed);

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -57,7 +57,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub struct Member {
     pub name: String,
     pub client_port: u16,
+    /// The peer port the cluster knows this member by (its advertised
+    /// peer URL); a [`PeerFront`] proxy's port when there is one.
     pub peer_port: u16,
+    /// The port this member listens on for peers (`peer_port` unless a
+    /// [`PeerFront`] stands in front of it).
+    pub peer_listen_port: u16,
+    /// Flags of this member alone (TLS files, `--peer-source-ip`), kept for
+    /// [`Cluster::replace`].
+    own_args: Vec<String>,
     /// `http` or `https`.
     client_scheme: &'static str,
     peer_scheme: &'static str,
@@ -171,23 +179,56 @@ fn scheme(https: bool) -> &'static str {
     if https { "https" } else { "http" }
 }
 
+/// A proxy in front of the members' peer listeners (the robustness suite's
+/// partitions and delays): for member `i`, the port its peers dial instead
+/// of its own (`advertised_ports[i]`) and the address it dials them from
+/// (`source_ips[i]`, `--peer-source-ip`), so the proxy knows each link.
+#[derive(Debug, Clone)]
+pub struct PeerFront {
+    pub advertised_ports: Vec<u16>,
+    pub source_ips: Vec<IpAddr>,
+}
+
+/// Makes the [`PeerFront`] for the given peer listen ports.
+type FrontFn<'a> = dyn Fn(&[u16]) -> PeerFront + 'a;
+
+/// Where a member listens and is reached.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    client: u16,
+    peer_listen: u16,
+    peer_advertised: u16,
+}
+
+impl Ports {
+    fn direct(client: u16, peer: u16) -> Ports {
+        Ports {
+            client,
+            peer_listen: peer,
+            peer_advertised: peer,
+        }
+    }
+}
+
 /// A member named `name` on the given ports, not started yet.
 #[allow(clippy::too_many_arguments)]
 fn new_member(
     name: &str,
-    client_port: u16,
-    peer_port: u16,
+    ports: Ports,
     initial_cluster: &str,
     state: &str,
     token: &str,
     extra_args: &[&str],
+    own_args: Vec<String>,
     logs: &Path,
     security: &Security,
 ) -> Member {
+    let (client_port, peer_port) = (ports.client, ports.peer_advertised);
     let data_dir = TempDir::with_prefix(format!("witan-{name}-")).expect("data temp dir");
     let (client_scheme, peer_scheme) = (scheme(security.client_https), scheme(security.peer_https));
     let client = format!("{client_scheme}://127.0.0.1:{client_port}");
     let peer = format!("{peer_scheme}://127.0.0.1:{peer_port}");
+    let listen_peer = format!("{peer_scheme}://127.0.0.1:{}", ports.peer_listen);
     let mut args: Vec<String> = [
         "--name",
         name,
@@ -198,7 +239,7 @@ fn new_member(
         "--advertise-client-urls",
         &client,
         "--listen-peer-urls",
-        &peer,
+        &listen_peer,
         "--initial-advertise-peer-urls",
         &peer,
         "--initial-cluster",
@@ -216,12 +257,15 @@ fn new_member(
     .map(|s| s.to_string())
     .collect();
     args.extend(extra_args.iter().map(|s| s.to_string()));
+    args.extend(own_args.iter().cloned());
     let log_path = logs.join(format!("{name}.log"));
     File::create(&log_path).expect("creating member log");
     Member {
         name: name.to_string(),
         client_port,
         peer_port,
+        peer_listen_port: ports.peer_listen,
+        own_args,
         client_scheme,
         peer_scheme,
         data_dir,
@@ -293,6 +337,24 @@ impl Cluster {
         Cluster::start_with_options(n, extra_args, None, security, prepare)
     }
 
+    /// [`Cluster::start_with`] behind a peer proxy: `front` gets the ports
+    /// the members will listen on for peers and says where each member is
+    /// advertised instead and which address it dials from ([`PeerFront`]).
+    pub fn start_fronted(
+        n: usize,
+        extra_args: &[&str],
+        front: impl Fn(&[u16]) -> PeerFront,
+    ) -> Cluster {
+        Cluster::start_with_options_fronted(
+            n,
+            extra_args,
+            None,
+            Security::default(),
+            Some(&front),
+            |_| {},
+        )
+    }
+
     fn start_with_options(
         n: usize,
         extra_args: &[&str],
@@ -300,9 +362,20 @@ impl Cluster {
         security: Security,
         prepare: impl Fn(&Member),
     ) -> Cluster {
+        Cluster::start_with_options_fronted(n, extra_args, health_user, security, None, prepare)
+    }
+
+    fn start_with_options_fronted(
+        n: usize,
+        extra_args: &[&str],
+        health_user: Option<&str>,
+        security: Security,
+        front: Option<&FrontFn<'_>>,
+        prepare: impl Fn(&Member),
+    ) -> Cluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Cluster::try_start(n, extra_args, health_user, &security, &prepare) {
+            match Cluster::try_start(n, extra_args, health_user, &security, front, &prepare) {
                 Ok(cluster) => return cluster,
                 // Someone took a port between choosing and binding: new ports.
                 Err(e) if e.contains("Address already in use") => last = e,
@@ -317,40 +390,49 @@ impl Cluster {
         extra_args: &[&str],
         health_user: Option<&str>,
         security: &Security,
+        front: Option<&FrontFn<'_>>,
         prepare: &dyn Fn(&Member),
     ) -> Result<Cluster, String> {
         assert!(n > 0);
-        let ports = free_ports(2 * n);
+        let free = free_ports(2 * n);
+        let mut ports: Vec<Ports> = free.chunks(2).map(|p| Ports::direct(p[0], p[1])).collect();
+        let mut own_args: Vec<Vec<String>> = (0..n)
+            .map(|i| security.member_flags.get(i).cloned().unwrap_or_default())
+            .collect();
+        if let Some(front) = front {
+            let listen: Vec<u16> = ports.iter().map(|p| p.peer_listen).collect();
+            let front = front(&listen);
+            for (i, p) in ports.iter_mut().enumerate() {
+                p.peer_advertised = front.advertised_ports[i];
+                own_args[i].push("--peer-source-ip".into());
+                own_args[i].push(front.source_ips[i].to_string());
+            }
+        }
         let logs = TempDir::with_prefix("witan-logs-").expect("log temp dir");
         let token = unique_token();
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
         let initial_cluster = names
             .iter()
-            .zip(ports.chunks(2))
+            .zip(&ports)
             .map(|(name, p)| {
                 format!(
                     "{name}={}://127.0.0.1:{}",
                     scheme(security.peer_https),
-                    p[1]
+                    p.peer_advertised
                 )
             })
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
-        for (i, (name, p)) in names.iter().zip(ports.chunks(2)).enumerate() {
-            let (client_port, peer_port) = (p[0], p[1]);
-            let mut args = extra_args.to_vec();
-            if let Some(own) = security.member_flags.get(i) {
-                args.extend(own.iter().map(String::as_str));
-            }
+        for ((name, p), own) in names.iter().zip(&ports).zip(own_args) {
             members.push(new_member(
                 name,
-                client_port,
-                peer_port,
+                *p,
                 &initial_cluster,
                 "new",
                 &token,
-                &args,
+                extra_args,
+                own,
                 logs.path(),
                 security,
             ));
@@ -394,12 +476,12 @@ impl Cluster {
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let member = new_member(
             name,
-            ports[0],
-            ports[1],
+            Ports::direct(ports[0], ports[1]),
             &initial.join(","),
             "existing",
             &self.token,
             &extra,
+            Vec::new(),
             self.logs.path(),
             &self.security,
         );
@@ -445,7 +527,13 @@ impl Cluster {
             .expect("another running member");
         self.ctl_on(other, &["member", "remove", &format!("{old_id:x}")]);
         self.wait_exit(i, READY_TIMEOUT);
-        let (client_port, peer_port) = (self.members[i].client_port, self.members[i].peer_port);
+        let old = &self.members[i];
+        let ports = Ports {
+            client: old.client_port,
+            peer_listen: old.peer_listen_port,
+            peer_advertised: old.peer_port,
+        };
+        let (own_args, peer_port) = (old.own_args.clone(), old.peer_port);
         let name = format!("{}-new", self.members[i].name);
         let peer_url = format!(
             "{}://127.0.0.1:{peer_port}",
@@ -462,12 +550,12 @@ impl Cluster {
         // The old member (and its data dir) goes; the new one starts empty.
         self.members[i] = new_member(
             &name,
-            client_port,
-            peer_port,
+            ports,
             &initial.join(","),
             "existing",
             &self.token,
             &extra,
+            own_args,
             self.logs.path(),
             &self.security,
         );

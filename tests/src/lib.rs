@@ -31,7 +31,7 @@ mod process;
 
 pub use answers::{json, revision_of};
 pub use binary::witan_bin;
-pub use cluster::{Cluster, Member, Security, free_ports};
+pub use cluster::{Cluster, Member, PeerFront, Security, free_ports};
 pub use ctl::{CtlOutput, clear_etcdctl_env, etcdctl_bin};
 pub use curl::{Reply, curl};
 pub use offline::{flag_of, restore_into, run_witan};

@@ -162,7 +162,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let store = Store::open(&config.data_dir)?;
     // After the data dir exists: --auto-tls writes into it.
     let tls = crate::tls::member::load(&config)?;
-    let network = PeerNetwork::new(PeerChannels::new(tls.peer_client.clone()));
+    let network = PeerNetwork::new(
+        PeerChannels::new(tls.peer_client.clone()).with_source_ip(config.peer_source_ip),
+    );
     let channels = network.channels.clone();
     let (identity, fresh) = identity(&config, &store, &channels).await?;
     let id = identity.member_id;

@@ -2,6 +2,7 @@
 //! the other members' peer listeners, MessagePack inside.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<Arc<Reloading<ClientConfig>>>,
+    /// `--peer-source-ip`.
+    source_ip: Option<IpAddr>,
 }
 
 impl PeerChannels {
@@ -46,7 +49,14 @@ impl PeerChannels {
         PeerChannels {
             channels: Default::default(),
             tls,
+            source_ip: None,
         }
+    }
+
+    /// Dials every peer from `source_ip` (`--peer-source-ip`).
+    pub fn with_source_ip(mut self, source_ip: Option<IpAddr>) -> Self {
+        self.source_ip = source_ip;
+        self
     }
 
     /// A client for the member reachable at `node`'s first peer URL.
@@ -61,6 +71,7 @@ impl PeerChannels {
             None => {
                 let (connector, uri) = Connector::new(url, self.tls.as_ref())
                     .map_err(|e| format!("peer URL {url}: {e}"))?;
+                let connector = connector.with_source_ip(self.source_ip);
                 let channel = Endpoint::from_shared(uri)
                     .map_err(|e| format!("bad peer URL {url}: {e}"))?
                     .connect_timeout(Duration::from_secs(1))

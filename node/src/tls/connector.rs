@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +12,7 @@ use std::task::{Context, Poll};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{Reloading, Stream};
 use crate::config::parse_url;
@@ -22,6 +23,8 @@ pub struct Connector {
     /// `host:port`.
     addr: String,
     tls: Option<(Arc<Reloading<ClientConfig>>, ServerName<'static>)>,
+    /// The local address to dial from (`--peer-source-ip`).
+    source_ip: Option<IpAddr>,
 }
 
 impl Connector {
@@ -45,8 +48,49 @@ impl Connector {
             None
         };
         let uri = format!("http://{addr}");
-        Ok((Connector { addr, tls }, uri))
+        Ok((
+            Connector {
+                addr,
+                tls,
+                source_ip: None,
+            },
+            uri,
+        ))
     }
+
+    /// Dials from `source_ip` instead of an address the OS picks.
+    pub fn with_source_ip(mut self, source_ip: Option<IpAddr>) -> Self {
+        self.source_ip = source_ip;
+        self
+    }
+}
+
+/// TCP to `addr`, from `source_ip` when given (each resolved address of the
+/// same family is tried in turn).
+async fn dial(addr: &str, source_ip: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source_ip) = source_ip else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        format!("{addr} has no address of the family of {source_ip}"),
+    );
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != source_ip.is_ipv4() {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source_ip, 0))?;
+        match socket.connect(target).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -61,8 +105,9 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let addr = self.addr.clone();
         let tls = self.tls.clone();
+        let source_ip = self.source_ip;
         Box::pin(async move {
-            let tcp = TcpStream::connect(&addr).await?;
+            let tcp = dial(&addr, source_ip).await?;
             tcp.set_nodelay(true)?;
             let stream = match tls {
                 None => Stream::plain(tcp, ()),
