@@ -2,12 +2,12 @@
 //! etcdctl 3.4 (`--user NAME:PASSWORD`), the etcd-client crate and curl
 //! against 3-member clusters.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 use serde_json::Value;
-use witan_tests::{Cluster, CtlOutput, poll_until, restore_into, run_bounded};
+use witan_tests::pki::{Ca, CertFiles, LOOPBACK, Leaf};
+use witan_tests::{Cluster, CtlOutput, Security, poll_until, restore_into};
 
 const ROOT: &str = "root:rootpw";
 const READER: &str = "reader:rpw";
@@ -334,14 +334,13 @@ fn watches_leases_and_maintenance_are_checked_as_etcd_checks_them() {
 /// curl POST of `body` to `url` with an optional `Authorization`; the JSON
 /// answer.
 fn curl(url: &str, token: Option<&str>, body: &str) -> Value {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-X", "POST", url, "-d", body]);
-    if let Some(token) = token {
-        cmd.args(["-H", &format!("Authorization: {token}")]);
+    let header = token.map(|t| format!("Authorization: {t}"));
+    let mut extra = vec!["-X", "POST", "-d", body];
+    if let Some(header) = &header {
+        extra.extend(["-H", header.as_str()]);
     }
-    let done = run_bounded(cmd, None, Duration::from_secs(30));
-    serde_json::from_str(&done.stdout)
-        .unwrap_or_else(|e| panic!("curl {url}: {e}\n{}\n{}", done.stdout, done.stderr))
+    let reply = witan_tests::curl(url, &extra).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("curl {url}: {e}\n{}", reply.body))
 }
 
 fn gateway_token(c: &Cluster, i: usize, user: &str) -> String {
@@ -595,4 +594,105 @@ fn the_gateway_manages_auth_with_etcds_json() {
     assert_eq!(users["users"], serde_json::json!(["root"]), "{users}");
     call(2, "disable", Some(&root), "{}");
     assert_eq!(auth_status(&c, 0, None)["enabled"], Value::Null);
+}
+
+/// A client certificate for `common_name` from `ca`.
+fn client_cert(ca: &Ca, dir: &std::path::Path, common_name: &str, serial: u64) -> CertFiles {
+    ca.issue(
+        dir,
+        common_name,
+        &Leaf {
+            common_name,
+            sans: &[],
+            serial,
+        },
+    )
+}
+
+#[test]
+fn a_client_certificates_common_name_is_the_user_when_no_token_is_given() {
+    let dir = tempfile::tempdir().expect("pki dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let ca_file = ca.file().display().to_string();
+    let member_flags = (0..3)
+        .map(|i| {
+            let name = format!("node-{}", i + 1);
+            let leaf = Leaf {
+                common_name: &name,
+                sans: LOOPBACK,
+                serial: 0x1000 + i as u64,
+            };
+            let mut flags = ca.issue(dir.path(), &name, &leaf).flags("");
+            flags.extend([
+                "--trusted-ca-file".to_string(),
+                ca_file.clone(),
+                "--client-cert-auth".to_string(),
+            ]);
+            flags
+        })
+        .collect();
+    // The cluster's own etcdctl runs (health checks included) present CN
+    // root: once auth is on they act as root without a password.
+    let root_cert = client_cert(&ca, dir.path(), "root", 0x100);
+    let mut ctl_flags = vec!["--cacert".to_string(), ca_file.clone()];
+    ctl_flags.extend(root_cert.ctl_flags());
+    let security = Security {
+        client_https: true,
+        peer_https: false,
+        member_flags,
+        ctl_flags,
+        wait_for: None,
+    };
+    let c = Cluster::start_secure(3, &FAST_BCRYPT, security, |_| {});
+    c.ctl(&["user", "add", ROOT]);
+    c.ctl(&["role", "add", "root"]);
+    c.ctl(&["user", "grant-role", "root", "root"]);
+    c.ctl(&["user", "add", "alice", "--no-password"]);
+    c.ctl(&["role", "add", "alice"]);
+    c.ctl(&[
+        "role",
+        "grant-permission",
+        "alice",
+        "readwrite",
+        "a/",
+        "--prefix",
+    ]);
+    c.ctl(&["user", "grant-role", "alice", "alice"]);
+    c.ctl(&["auth", "enable"]);
+
+    // As alice (her certificate, no --user), on every member.
+    let alice = client_cert(&ca, dir.path(), "alice", 0x101);
+    let mallory = client_cert(&ca, dir.path(), "mallory", 0x102);
+    let as_cert = |cert: &CertFiles, i: usize, args: &[&str]| {
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        full.extend(["--cacert".to_string(), ca_file.clone()]);
+        full.extend(cert.ctl_flags());
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        CtlOutput::run(&c.endpoint(i), &full, None)
+    };
+    for i in 0..3 {
+        let put = c.expect_ok(as_cert(&alice, i, &["put", "a/x", "by-alice"]));
+        assert_eq!(put, "OK\n");
+        let got = c.expect_ok(as_cert(&alice, i, &["get", "a/x", "--print-value-only"]));
+        assert_eq!(got, "by-alice\n");
+        let out = c.expect_err(as_cert(&alice, i, &["put", "b", "x"]));
+        assert!(out.error_line().contains(DENIED), "{out}");
+        let out = c.expect_err(as_cert(&alice, i, &["user", "list"]));
+        assert!(out.error_line().contains(DENIED), "{out}");
+        // A name the store does not know gets nothing.
+        let out = c.expect_err(as_cert(&mallory, i, &["get", "a/x"]));
+        assert!(out.error_line().contains(DENIED), "{out}");
+    }
+    // CN root is root; a token wins over the certificate.
+    assert_eq!(c.ctl(&["user", "list"]), "alice\nroot\n");
+    let out = c.expect_err(c.run(
+        &c.endpoints(),
+        &["--user", "root:wrong", "get", "a/x"],
+        None,
+    ));
+    assert!(
+        out.error_line()
+            .contains("etcdserver: authentication failed, invalid user ID or password"),
+        "{out}"
+    );
 }
