@@ -455,13 +455,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Prepares member `name` that joins this running cluster with
-    /// `--initial-cluster-state existing`, on fresh ports and a fresh data
-    /// dir, and returns its index. It is not started: add it with
-    /// `etcdctl member add` (its [`Member::peer_url`]) first, then
-    /// [`Cluster::spawn`] it.
-    pub fn prepare_joining(&mut self, name: &str) -> usize {
-        let ports = free_ports(2);
+    /// `--initial-cluster` for member `name` (advertised on `peer_port`)
+    /// joining the running members.
+    fn initial_cluster_joined_by(&self, name: &str, peer_port: u16) -> String {
         let mut initial: Vec<String> = self
             .members
             .iter()
@@ -469,15 +465,25 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect();
         initial.push(format!(
-            "{name}={}://127.0.0.1:{}",
-            scheme(self.security.peer_https),
-            ports[1]
+            "{name}={}://127.0.0.1:{peer_port}",
+            scheme(self.security.peer_https)
         ));
+        initial.join(",")
+    }
+
+    /// Prepares member `name` that joins this running cluster with
+    /// `--initial-cluster-state existing`, on fresh ports and a fresh data
+    /// dir, and returns its index. It is not started: add it with
+    /// `etcdctl member add` (its [`Member::peer_url`]) first, then
+    /// [`Cluster::spawn`] it.
+    pub fn prepare_joining(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        let initial = self.initial_cluster_joined_by(name, ports[1]);
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let member = new_member(
             name,
             Ports::direct(ports[0], ports[1]),
-            &initial.join(","),
+            &initial,
             "existing",
             &self.token,
             &extra,
@@ -533,25 +539,20 @@ impl Cluster {
             peer_listen: old.peer_listen_port,
             peer_advertised: old.peer_port,
         };
-        let (own_args, peer_port) = (old.own_args.clone(), old.peer_port);
+        let own_args = old.own_args.clone();
         let name = format!("{}-new", self.members[i].name);
         let peer_url = format!(
-            "{}://127.0.0.1:{peer_port}",
-            scheme(self.security.peer_https)
+            "{}://127.0.0.1:{}",
+            scheme(self.security.peer_https),
+            ports.peer_advertised
         );
-        let mut initial: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.is_running())
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect();
-        initial.push(format!("{name}={peer_url}"));
+        let initial = self.initial_cluster_joined_by(&name, ports.peer_advertised);
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         // The old member (and its data dir) goes; the new one starts empty.
         self.members[i] = new_member(
             &name,
             ports,
-            &initial.join(","),
+            &initial,
             "existing",
             &self.token,
             &extra,
