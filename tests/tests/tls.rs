@@ -548,3 +548,63 @@ fn bad_tls_flags_are_refused_at_start() {
     ]);
     assert!(stderr.contains(&path_arg(&missing)), "{stderr}");
 }
+
+#[test]
+fn the_client_certificate_cn_is_the_user_name_under_auth() {
+    let pki = Pki::new();
+    let mut flags = pki
+        .member_cert(&pki.ca, "client", 0, CLIENT_SERIAL)
+        .flags("");
+    flags.extend([
+        "--trusted-ca-file".to_string(),
+        path_arg(pki.ca.file()),
+        "--client-cert-auth".to_string(),
+    ]);
+    let security = Security {
+        client_https: true,
+        peer_https: false,
+        member_flags: vec![flags],
+        // Every harness etcdctl run presents alice's certificate (CN alice).
+        ctl_flags: pki.ctl_flags(),
+        wait_for: None,
+    };
+    let cluster = Cluster::start_secure(1, &[], security, |_| {});
+    for key in ["a/one", "b/one"] {
+        cluster.ctl(&["put", key, "v1"]);
+    }
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "a/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "alice", "reader"],
+        &["auth", "enable"],
+    ] {
+        cluster.ctl(args);
+    }
+
+    // No --user: the certificate's CN makes the caller alice, who may read
+    // a/ and nothing else.
+    assert_eq!(cluster.ctl(&["get", "a/one"]), "a/one\nv1\n");
+    for denied in [&["put", "a/two", "x"][..], &["get", "b/one"]] {
+        let out = cluster.ctl_err(denied);
+        assert!(
+            out.error_line().contains("etcdserver: permission denied"),
+            "{out}"
+        );
+    }
+    // A token (--user) wins over the certificate, as in etcd.
+    assert_eq!(
+        cluster.ctl(&["--user", "root:rootpw", "put", "b/two", "x"]),
+        "OK\n"
+    );
+}
