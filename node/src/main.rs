@@ -52,6 +52,10 @@ enum Command {
         ids: Vec<u64>,
         #[command(flatten)]
         tls: ClientTlsFlags,
+        /// `NAME:PASSWORD` when auth is on (etcdctl's `--user`); the
+        /// change needs the root role.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -155,12 +159,17 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(daemon(cli.flags)),
-        Some(Command::Voters { endpoint, ids, tls }) => {
+        Some(Command::Voters {
+            endpoint,
+            ids,
+            tls,
+            user,
+        }) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            if let Err(e) = runtime.block_on(change_voters(endpoint, ids, tls)) {
+            if let Err(e) = runtime.block_on(change_voters(endpoint, ids, tls, user)) {
                 eprintln!("Error: {e:#}");
                 std::process::exit(1);
             }
@@ -176,7 +185,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn change_voters(endpoint: String, ids: Vec<u64>, tls: ClientTlsFlags) -> anyhow::Result<()> {
+async fn change_voters(
+    endpoint: String,
+    ids: Vec<u64>,
+    tls: ClientTlsFlags,
+    user: Option<String>,
+) -> anyhow::Result<()> {
     use witan_node::proto::witanpb::ChangeVotersRequest;
     use witan_node::proto::witanpb::membership_client::MembershipClient;
     let url = if endpoint.contains("://") {
@@ -193,9 +207,16 @@ async fn change_voters(endpoint: String, ids: Vec<u64>, tls: ClientTlsFlags) -> 
         .connect_with_connector(connector)
         .await
         .with_context(|| format!("connecting to {url}"))?;
+    let mut request = tonic::Request::new(ChangeVotersRequest { voter_ids: ids });
+    if let Some(user) = user {
+        let token = authenticate(channel.clone(), &user).await?;
+        let token = tonic::metadata::MetadataValue::try_from(token.as_str())
+            .context("the auth token is not valid metadata")?;
+        request.metadata_mut().insert("token", token);
+    }
     let mut client = MembershipClient::new(channel);
     let resp = client
-        .change_voters(ChangeVotersRequest { voter_ids: ids })
+        .change_voters(request)
         .await
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();
@@ -204,6 +225,21 @@ async fn change_voters(endpoint: String, ids: Vec<u64>, tls: ClientTlsFlags) -> 
         println!("{:x}, {role}, {}, {}", m.id, m.name, m.peer_ur_ls.join(","));
     }
     Ok(())
+}
+
+/// Authenticates as `user` (`NAME:PASSWORD`) and returns the token.
+async fn authenticate(channel: tonic::transport::Channel, user: &str) -> anyhow::Result<String> {
+    use witan_node::proto::etcdserverpb::AuthenticateRequest;
+    use witan_node::proto::etcdserverpb::auth_client::AuthClient;
+    let (name, password) = user.split_once(':').context("--user takes NAME:PASSWORD")?;
+    let resp = AuthClient::new(channel)
+        .authenticate(AuthenticateRequest {
+            name: name.to_string(),
+            password: password.to_string(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    Ok(resp.into_inner().token)
 }
 
 async fn daemon(flags: Flags) -> anyhow::Result<()> {
@@ -325,7 +361,13 @@ mod tests {
         let cli = Cli::try_parse_from(["witan", "voters", "a1", "B2", "c3"]).expect("voters");
         assert!(matches!(
             cli.command,
-            Some(Command::Voters { ref ids, ref endpoint, ref tls }) if ids == &[0xa1, 0xb2, 0xc3] && endpoint == "127.0.0.1:2379" && tls.cacert.is_none()
+            Some(Command::Voters { ref ids, ref endpoint, ref tls, ref user }) if ids == &[0xa1, 0xb2, 0xc3] && endpoint == "127.0.0.1:2379" && tls.cacert.is_none() && user.is_none()
+        ));
+        let cli = Cli::try_parse_from(["witan", "voters", "--user", "root:pw", "a1"])
+            .expect("voters with etcdctl's --user");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Voters { ref user, .. }) if user.as_deref() == Some("root:pw")
         ));
         let cli = Cli::try_parse_from([
             "witan",

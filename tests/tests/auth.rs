@@ -205,6 +205,28 @@ fn the_permission_matrix_holds_on_every_member_across_a_leader_change_and_a_rest
         check_matrix(&c, i);
     }
 
+    // witan's own voter change is root's: `witan voters --user`.
+    let ids: Vec<String> = (0..3).map(|i| format!("{:x}", c.member_id(i))).collect();
+    let one = c.endpoint(1);
+    let voters = |user: Option<&str>| {
+        let mut args = vec!["voters", "--endpoint", &one];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend(ids.iter().map(String::as_str));
+        witan_tests::run_witan(&args)
+    };
+    let (ok, _, stderr) = voters(None);
+    assert!(
+        !ok && stderr.contains("etcdserver: user name is empty"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = voters(Some(BOTH));
+    assert!(!ok && stderr.contains(DENIED), "{stderr}");
+    let (ok, stdout, stderr) = voters(Some(ROOT));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches(", voter, ").count(), 3, "{stdout}");
+
     // Status (etcdctl 3.4 has no `auth status`: the gateway's), then
     // everything open again.
     let status = auth_status(&c, 1, Some(&gateway_token(&c, 0, ROOT)));
