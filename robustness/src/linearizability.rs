@@ -135,6 +135,20 @@ fn search(ops: &[KeyOp], budget: u64) -> SearchResult {
             prev[nx] = e;
         }
     };
+    // Deletes of unknown outcome that never returned are interchangeable
+    // (same effect, no output, open-ended): any order of them can be
+    // swapped into call order, so only that order is explored. Without it,
+    // k such deletes multiply the search by the 2^k subsets of them.
+    let mut after: Vec<Option<usize>> = vec![None; n];
+    let mut open_deletes: Vec<usize> = (0..n)
+        .filter(|&i| {
+            ops[i].input == Input::Delete && ops[i].output.is_none() && ops[i].ret == Time::MAX
+        })
+        .collect();
+    open_deletes.sort_by_key(|&i| (ops[i].call, i));
+    for pair in open_deletes.windows(2) {
+        after[pair[1]] = Some(pair[0]);
+    }
     let words = n.div_ceil(64);
     let mut linearized = vec![0u64; words];
     let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
@@ -149,7 +163,8 @@ fn search(ops: &[KeyOp], budget: u64) -> SearchResult {
         }
         if entry.is_multiple_of(2) {
             let i = entry / 2;
-            if let Some(new_state) = step(state, ops[i].input, ops[i].output) {
+            let in_turn = after[i].is_none_or(|j| linearized[j / 64] & (1 << (j % 64)) != 0);
+            if let Some(new_state) = step(state, ops[i].input, ops[i].output).filter(|_| in_turn) {
                 let mut candidate = linearized.clone();
                 candidate[i / 64] |= 1 << (i % 64);
                 if cache.insert((candidate.clone(), new_state)) {
@@ -519,6 +534,29 @@ mod tests {
             op(7, 8, Input::Read, Some(Output::Read(None))),
         ];
         assert_eq!(search(&flicker, STEP_BUDGET), SearchResult::Illegal);
+    }
+
+    #[test]
+    fn open_ended_unknown_deletes_are_explored_in_call_order_only() {
+        // k deletes that never returned, all called at the start, then puts
+        // that each find the key absent: every put after the first needs
+        // one of the deletes before it. With k + 1 puts the history is
+        // legal; with k + 2 it is not, and proving that means trying the
+        // deletes in every arrangement, 2^k subsets of them, unless
+        // interchangeable deletes are tried in one order only.
+        let k = 24u32;
+        let history = |puts: u32| {
+            let mut ops: Vec<KeyOp> = (0..k)
+                .map(|d| op(Time::from(d), Time::MAX, Input::Delete, None))
+                .collect();
+            for p in 0..puts {
+                let t = 100 + Time::from(p) * 10;
+                ops.push(op(t, t + 1, Input::Put(p + 1), Some(Output::Prev(None))));
+            }
+            ops
+        };
+        assert_eq!(search(&history(k + 1), 200_000), SearchResult::Linearizable);
+        assert_eq!(search(&history(k + 2), 200_000), SearchResult::Illegal);
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn parse() -> anyhow::Result<Args> {
                 println!(
                     "witan-robustness [--runs N] [--seed S] [--fault KIND] [--stop-at-first-violation] \
                      [--long | --long-secs S]\n\
+                     witan-robustness --check REPORT/history.json\n\
                      fault kinds: {}",
                     witan_robustness::nemesis::KINDS.join(", ")
                 );
@@ -68,7 +69,35 @@ fn parse() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// `--check FILE`: runs the checker again on a report's `history.json`
+/// (e.g. after changing the checker), prints the verdict.
+fn recheck(path: &str) -> anyhow::Result<()> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let history: witan_robustness::history::History =
+        serde_json::from_slice(&raw).with_context(|| format!("parsing {path}"))?;
+    let verdict = witan_robustness::checker::check(&history);
+    for v in &verdict.violations {
+        println!("  {v}");
+    }
+    println!(
+        "ops={} watch_events={} violations={} lost_acked_writes={}",
+        verdict.ops,
+        verdict.watch_events,
+        verdict.violations.len(),
+        verdict.lost_acked_writes
+    );
+    if !verdict.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    if let [flag, path] = &std::env::args().skip(1).collect::<Vec<_>>()[..]
+        && flag == "--check"
+    {
+        return recheck(path);
+    }
     let args = parse()?;
     // Run i uses seed + i, so `--seed <that> --runs 1` replays run i.
     let seed = args.seed.unwrap_or_else(|| {

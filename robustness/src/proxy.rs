@@ -88,10 +88,17 @@ pub struct PeerProxy {
 
 impl PeerProxy {
     /// Starts listening for every member: `upstreams[j]` is member `j`'s
-    /// real peer listener, `sources` maps the address each member dials
-    /// from to its index. The proxy listens on loopback ports of its own
-    /// ([`PeerProxy::listen_addrs`]).
-    pub fn start(upstreams: &[SocketAddr], sources: HashMap<IpAddr, usize>) -> io::Result<Self> {
+    /// real peer listener, reached through `listen[j]`
+    /// ([`PeerProxy::listen_addrs`]); `sources` maps the address each
+    /// member dials from to its index. The listen addresses are the
+    /// caller's to choose: an ephemeral port picked here could be one the
+    /// test harness has chosen, but not yet bound, for a member.
+    pub fn start(
+        upstreams: &[SocketAddr],
+        listen: &[SocketAddr],
+        sources: HashMap<IpAddr, usize>,
+    ) -> io::Result<Self> {
+        assert_eq!(upstreams.len(), listen.len(), "one listener per member");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("peer-proxy")
@@ -100,10 +107,10 @@ impl PeerProxy {
         let (rules, _) = watch::channel(Rules::default());
         let sources = Arc::new(sources);
         let mut listen_addrs = Vec::new();
-        for (to, &upstream) in upstreams.iter().enumerate() {
-            // Bound here, so the address is known before this returns; the
-            // runtime takes it over (`from_std` needs the runtime's reactor).
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        for (to, (&upstream, &addr)) in upstreams.iter().zip(listen).enumerate() {
+            // Bound here, so a taken port fails this call; the runtime takes
+            // the listener over (`from_std` needs the runtime's reactor).
+            let listener = std::net::TcpListener::bind(addr)?;
             listener.set_nonblocking(true)?;
             listen_addrs.push(listener.local_addr()?);
             let listener = {
@@ -297,7 +304,8 @@ mod tests {
         client_rt.block_on(async {
             let upstream = echo_server().await;
             let sources = HashMap::from([(ip("127.0.3.1"), 0), (ip("127.0.3.2"), 1)]);
-            let proxy = PeerProxy::start(&[upstream, upstream], sources).unwrap();
+            let listen = [SocketAddr::from(([127, 0, 0, 1], 0)); 2];
+            let proxy = PeerProxy::start(&[upstream, upstream], &listen, sources).unwrap();
             let to_1 = proxy.listen_addrs()[1];
             let mut from_0 = dial_from(ip("127.0.3.1"), to_1).await;
             let mut unknown = dial_from(ip("127.0.0.1"), to_1).await;
@@ -335,7 +343,8 @@ mod tests {
         client_rt.block_on(async {
             let upstream = echo_server().await;
             let sources = HashMap::from([(ip("127.0.4.1"), 0), (ip("127.0.4.2"), 1)]);
-            let proxy = PeerProxy::start(&[upstream, upstream], sources).unwrap();
+            let listen = [SocketAddr::from(([127, 0, 0, 1], 0)); 2];
+            let proxy = PeerProxy::start(&[upstream, upstream], &listen, sources).unwrap();
             proxy.set(Rules::delay_all(Duration::from_millis(150), 2));
             let mut s = dial_from(ip("127.0.4.1"), proxy.listen_addrs()[1]).await;
             let started = Instant::now();

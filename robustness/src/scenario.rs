@@ -211,8 +211,13 @@ fn start_cluster(fault: &Fault, member_args: &[&str]) -> (Cluster, Option<PeerPr
             .iter()
             .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
             .collect();
+        let listen: Vec<SocketAddr> = witan_tests::free_ports(n)
+            .into_iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
         let sources = (0..n).map(|i| (source_ip(i), i)).collect();
-        let proxy = PeerProxy::start(&upstreams, sources).expect("starting the peer proxy");
+        let proxy =
+            PeerProxy::start(&upstreams, &listen, sources).expect("starting the peer proxy");
         let front = PeerFront {
             advertised_ports: proxy.listen_addrs().iter().map(SocketAddr::port).collect(),
             source_ips: (0..n).map(source_ip).collect(),

@@ -121,6 +121,10 @@ impl Member {
         let child = Command::new(witan_bin())
             .args(&self.args)
             .env("NO_COLOR", "1")
+            // A failed start logs its error, not a library backtrace that
+            // would push the error out of the log tail the harness reads
+            // (panics still print theirs under RUST_BACKTRACE).
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
