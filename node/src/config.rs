@@ -657,15 +657,6 @@ impl Config {
         })
     }
 
-    /// Whether the peer dialer needs TLS: an https URL among this member's
-    /// peers as configured.
-    pub fn dials_https_peers(&self) -> bool {
-        self.initial_cluster
-            .values()
-            .flatten()
-            .any(|u| u.starts_with("https://"))
-    }
-
     /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
     pub fn min_lease_ttl_secs(&self) -> i64 {
         (self.election_timeout_ms * 3 / 2).div_ceil(1000) as i64
@@ -953,7 +944,7 @@ mod tests {
             "--peer-auto-tls",
         ])
         .unwrap();
-        assert!(cfg.dials_https_peers());
+        assert!(matches!(cfg.peer_tls.cert, Some(CertSource::Auto { .. })));
         assert!(cfg.listen_peer_urls[0].https);
     }
 
