@@ -460,6 +460,12 @@ fn error(status: &Status) -> Response {
         .into_response()
 }
 
+/// Decodes a unary route's body into its request, exactly as the route
+/// does (the fuzz target `gateway_json` drives it).
+pub fn decode_request<Req: DeserializeOwned + Default>(body: &[u8]) -> Result<Req, String> {
+    decode(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,13 +5,15 @@
 //!
 //! `read` answers ranges at any retained revision; `apply` turns replicated
 //! requests into new revisions; `validate` holds the checks made before a
-//! request is proposed; `alarm` which requests alarms refuse. All of it works on redb tables handed in by the
+//! request is proposed; `alarm` which requests alarms refuse; `scratch` an in-memory store for
+//! fuzzing and tests. All of it works on redb tables handed in by the
 //! caller, so the state machine decides transactions and durability.
 
 pub mod alarm;
 pub mod apply;
 pub mod range;
 pub mod read;
+pub mod scratch;
 pub mod validate;
 
 use prost::Message;

@@ -1,38 +1,28 @@
-//! A test harness for MVCC code: a real redb database with the MVCC tables
-//! and the revision bookkeeping the state machine keeps in meta.
-
-use redb::{Database, ReadableDatabase};
+//! A test harness for MVCC code: a real (in-memory) redb database with the
+//! MVCC tables and the revision bookkeeping the state machine keeps in meta.
 
 use super::apply::Applier;
-use super::read::ReadView;
+use super::scratch::{ScratchStore, ScratchView};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
-use crate::storage::{KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES};
 
-/// A store plus the revision bookkeeping the state machine keeps in meta.
+/// A store plus the revision bookkeeping the state machine keeps in meta
+/// (the in-memory [`ScratchStore`], panicking on storage faults).
 pub(crate) struct Mvcc {
-    _dir: tempfile::TempDir,
-    pub db: Database,
-    pub revision: i64,
-    pub compact_revision: i64,
+    pub store: ScratchStore,
+}
+
+impl std::ops::Deref for Mvcc {
+    type Target = ScratchStore;
+    fn deref(&self) -> &ScratchStore {
+        &self.store
+    }
 }
 
 impl Mvcc {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("t.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(KV_LATEST).unwrap();
-        txn.open_table(KV_HISTORY).unwrap();
-        txn.open_table(KV_REVS).unwrap();
-        txn.open_table(LEASES).unwrap();
-        txn.open_table(LEASE_KEYS).unwrap();
-        txn.commit().unwrap();
         Mvcc {
-            _dir: dir,
-            db,
-            revision: 1,
-            compact_revision: 0,
+            store: ScratchStore::new().unwrap(),
         }
     }
 
@@ -41,31 +31,7 @@ impl Mvcc {
         &mut self,
         f: impl FnOnce(&mut Applier<'_>) -> T,
     ) -> (T, Vec<crate::proto::mvccpb::Event>) {
-        let txn = self.db.begin_write().unwrap();
-        let (out, events, revision, compact) = {
-            let mut applier = Applier::new(
-                ReadView {
-                    latest: txn.open_table(KV_LATEST).unwrap(),
-                    history: txn.open_table(KV_HISTORY).unwrap(),
-                    revs: txn.open_table(KV_REVS).unwrap(),
-                    revision: self.revision,
-                    compact_revision: self.compact_revision,
-                },
-                txn.open_table(LEASES).unwrap(),
-                txn.open_table(LEASE_KEYS).unwrap(),
-            );
-            let out = f(&mut applier);
-            (
-                out,
-                std::mem::take(&mut applier.events),
-                applier.view.revision,
-                applier.view.compact_revision,
-            )
-        };
-        txn.commit().unwrap();
-        self.revision = revision;
-        self.compact_revision = compact;
-        (out, events)
+        self.store.write(f).unwrap()
     }
 
     pub fn put(&mut self, key: &str, value: &str) -> i64 {
@@ -86,25 +52,8 @@ impl Mvcc {
     }
 
     /// Runs `f` over a read view of the committed state.
-    pub fn view<T>(
-        &self,
-        f: impl FnOnce(
-            &ReadView<
-                redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-                redb::ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
-                redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
-            >,
-        ) -> T,
-    ) -> T {
-        let txn = self.db.begin_read().unwrap();
-        let view = ReadView {
-            latest: txn.open_table(KV_LATEST).unwrap(),
-            history: txn.open_table(KV_HISTORY).unwrap(),
-            revs: txn.open_table(KV_REVS).unwrap(),
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-        };
-        f(&view)
+    pub fn view<T>(&self, f: impl FnOnce(&ScratchView) -> T) -> T {
+        self.store.view(f).unwrap()
     }
 
     pub fn events(&self, from: i64) -> Result<Vec<crate::proto::mvccpb::Event>, EtcdError> {

@@ -242,3 +242,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 }
+
+/// Decodes a peer RPC's MessagePack payload, exactly as the peer service
+/// does (the fuzz target `raft_rpc` drives it).
+pub fn decode_peer_message<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String> {
+    decode(msg)
+}

@@ -215,6 +215,16 @@ impl StreamTask {
             resp.cancel_reason = EtcdError::Compacted.to_string();
             return self.send(resp).await;
         }
+        // A range ending at or before its key (other than "\0") is refused
+        // as etcd's watch stream refuses it, before an id is taken.
+        let key_or_zero = if req.key.is_empty() { &[0][..] } else { &req.key };
+        if KeyRange::new(key_or_zero, &req.range_end) == KeyRange::Empty {
+            let mut resp = self.response(-1, self.stream_rev);
+            resp.created = true;
+            resp.canceled = true;
+            resp.cancel_reason = "mvcc: watcher range is empty".into();
+            return self.send(resp).await;
+        }
         let id = if req.watch_id != 0 {
             if self.watchers.contains_key(&req.watch_id) {
                 let mut resp = self.response(req.watch_id, self.stream_rev);
