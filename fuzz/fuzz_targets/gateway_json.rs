@@ -45,11 +45,17 @@ fn dispatch(route_byte: u8, body: &[u8]) -> Option<(ClientKind, Vec<u8>)> {
     match route_byte as usize % ROUTES {
         0 => kind(ClientKind::Range, route::<pb::RangeRequest>(body)),
         1 => kind(ClientKind::Put, route::<pb::PutRequest>(body)),
-        2 => kind(ClientKind::DeleteRange, route::<pb::DeleteRangeRequest>(body)),
+        2 => kind(
+            ClientKind::DeleteRange,
+            route::<pb::DeleteRangeRequest>(body),
+        ),
         3 => kind(ClientKind::Txn, route::<pb::TxnRequest>(body)),
         4 => kind(ClientKind::Compaction, route::<pb::CompactionRequest>(body)),
         5 => kind(ClientKind::LeaseGrant, route::<pb::LeaseGrantRequest>(body)),
-        6 => kind(ClientKind::LeaseRevoke, route::<pb::LeaseRevokeRequest>(body)),
+        6 => kind(
+            ClientKind::LeaseRevoke,
+            route::<pb::LeaseRevokeRequest>(body),
+        ),
         7 => kind(
             ClientKind::LeaseTimeToLive,
             route::<pb::LeaseTimeToLiveRequest>(body),
@@ -58,8 +64,8 @@ fn dispatch(route_byte: u8, body: &[u8]) -> Option<(ClientKind, Vec<u8>)> {
         9 => {
             // As `keep_alive`: a stream of objects; a bad first one is a
             // 400, a bad later one ends the requests.
-            let mut decoded = serde_json::Deserializer::from_slice(body)
-                .into_iter::<pb::LeaseKeepAliveRequest>();
+            let mut decoded =
+                serde_json::Deserializer::from_slice(body).into_iter::<pb::LeaseKeepAliveRequest>();
             if let Some(Ok(_)) = decoded.next() {
                 decoded.map_while(Result::ok).for_each(drop);
             }
@@ -96,7 +102,10 @@ fn dispatch(route_byte: u8, body: &[u8]) -> Option<(ClientKind, Vec<u8>)> {
         38 => route::<pb::AuthRoleDeleteRequest>(body).and(None),
         39 => route::<pb::AuthRoleGrantPermissionRequest>(body).and(None),
         40 => route::<pb::AuthRoleRevokePermissionRequest>(body).and(None),
-        _ => kind(ClientKind::LeaseKeepAlive, route::<pb::LeaseKeepAliveRequest>(body)),
+        _ => kind(
+            ClientKind::LeaseKeepAlive,
+            route::<pb::LeaseKeepAliveRequest>(body),
+        ),
     }
 }
 
@@ -107,20 +116,44 @@ fn seeds() -> Vec<Vec<u8>> {
         out
     };
     vec![
-        seed(0, r#"{"key":"Zm9v","range_end":"AA==","limit":"10","sort_order":"DESCEND","sort_target":"MOD","revision":"2","keys_only":true}"#),
-        seed(1, r#"{"key":"Zm9v","value":"YmFy","prev_kv":true,"lease":"0"}"#),
+        seed(
+            0,
+            r#"{"key":"Zm9v","range_end":"AA==","limit":"10","sort_order":"DESCEND","sort_target":"MOD","revision":"2","keys_only":true}"#,
+        ),
+        seed(
+            1,
+            r#"{"key":"Zm9v","value":"YmFy","prev_kv":true,"lease":"0"}"#,
+        ),
         seed(2, r#"{"key":"Zm9v","range_end":"Zm9w","prev_kv":true}"#),
-        seed(3, r#"{"compare":[{"key":"Zm9v","target":"VALUE","result":"EQUAL","value":"YmFy"}],"success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}],"failure":[{"request_range":{"key":"Zm9v"}},{"request_txn":{"success":[{"request_delete_range":{"key":"YQ=="}}]}}]}"#),
+        seed(
+            3,
+            r#"{"compare":[{"key":"Zm9v","target":"VALUE","result":"EQUAL","value":"YmFy"}],"success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}],"failure":[{"request_range":{"key":"Zm9v"}},{"request_txn":{"success":[{"request_delete_range":{"key":"YQ=="}}]}}]}"#,
+        ),
         seed(4, r#"{"revision":"3","physical":true}"#),
         seed(5, r#"{"TTL":"60","ID":"7"}"#),
         seed(6, r#"{"ID":"7"}"#),
         seed(7, r#"{"ID":"7","keys":true}"#),
-        seed(8, r#"{"create_request":{"key":"Zm9v","range_end":"AA==","start_revision":"2","prev_kv":true,"filters":["NOPUT"],"progress_notify":true}}"#),
+        seed(
+            8,
+            r#"{"create_request":{"key":"Zm9v","range_end":"AA==","start_revision":"2","prev_kv":true,"filters":["NOPUT"],"progress_notify":true}}"#,
+        ),
         seed(9, "{\"ID\":\"7\"}\n{\"ID\":\"8\"}"),
-        seed(12, r#"{"peerURLs":["http://127.0.0.1:2380"],"isLearner":true}"#),
-        seed(20, r#"{"action":"ACTIVATE","memberID":"1","alarm":"NOSPACE"}"#),
-        seed(28, r#"{"name":"root","password":"pw","options":{"no_password":false}}"#),
-        seed(39, r#"{"name":"r","perm":{"permType":"READWRITE","key":"YQ==","range_end":"Yg=="}}"#),
+        seed(
+            12,
+            r#"{"peerURLs":["http://127.0.0.1:2380"],"isLearner":true}"#,
+        ),
+        seed(
+            20,
+            r#"{"action":"ACTIVATE","memberID":"1","alarm":"NOSPACE"}"#,
+        ),
+        seed(
+            28,
+            r#"{"name":"root","password":"pw","options":{"no_password":false}}"#,
+        ),
+        seed(
+            39,
+            r#"{"name":"r","perm":{"permType":"READWRITE","key":"YQ==","range_end":"Yg=="}}"#,
+        ),
         seed(41, ""),
     ]
 }

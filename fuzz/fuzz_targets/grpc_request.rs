@@ -96,10 +96,13 @@ fn seeds() -> Vec<Vec<u8>> {
     txns.push(frame(ClientKind::Txn, &txn));
     seeds.push(encode_frames(&txns));
     let mut compact = puts.clone();
-    compact.push(frame(ClientKind::Compaction, &CompactionRequest {
-        revision: 3,
-        physical: true,
-    }));
+    compact.push(frame(
+        ClientKind::Compaction,
+        &CompactionRequest {
+            revision: 3,
+            physical: true,
+        },
+    ));
     compact.push(frame(
         ClientKind::Watch,
         &WatchRequest {
@@ -114,7 +117,10 @@ fn seeds() -> Vec<Vec<u8>> {
     ));
     seeds.push(encode_frames(&compact));
     let leases = vec![
-        frame(ClientKind::LeaseGrant, &LeaseGrantRequest { ttl: 60, id: 7 }),
+        frame(
+            ClientKind::LeaseGrant,
+            &LeaseGrantRequest { ttl: 60, id: 7 },
+        ),
         frame(ClientKind::Put, &put(b"l", b"x", 7)),
         frame(ClientKind::LeaseRevoke, &LeaseRevokeRequest { id: 7 }),
         frame(ClientKind::Put, &put(b"l", b"y", 8)),

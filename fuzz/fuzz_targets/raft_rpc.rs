@@ -86,8 +86,12 @@ fn handle(kind: u8, payload: &[u8]) {
                 }
             }
         }
-        4 => drop(decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(payload)),
-        5 => drop(decode::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(payload)),
+        4 => drop(decode::<
+            Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>,
+        >(payload)),
+        5 => drop(decode::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(
+            payload,
+        )),
         6 => drop(decode::<
             Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
         >(payload)),
@@ -117,9 +121,12 @@ fn seeds() -> Vec<Vec<u8>> {
             log_id: log_id(1),
             payload: EntryPayload::Membership(Membership::new(
                 vec![[1u64].into_iter().collect()],
-                [(1u64, MemberNode {
-                    peer_urls: vec!["http://127.0.0.1:2380".into()],
-                })]
+                [(
+                    1u64,
+                    MemberNode {
+                        peer_urls: vec!["http://127.0.0.1:2380".into()],
+                    },
+                )]
                 .into_iter()
                 .collect::<std::collections::BTreeMap<_, _>>(),
             )),

@@ -61,7 +61,10 @@ fn seeds() -> Vec<Vec<u8>> {
         format: IMAGE_FORMAT,
         revision: 3,
         compact_revision: 2,
-        latest: vec![(ByteBuf::from(b"a".to_vec()), ByteBuf::from(kv(b"a", b"1", 3)))],
+        latest: vec![(
+            ByteBuf::from(b"a".to_vec()),
+            ByteBuf::from(kv(b"a", b"1", 3)),
+        )],
         history: vec![(ByteBuf::from(b"a".to_vec()), 3, {
             let mut record = vec![0];
             record.extend(kv(b"a", b"1", 3));
@@ -89,7 +92,10 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         with_mode(0, &whole),
         with_mode(1, &body),
-        with_mode(1, &rmp_serde::to_vec(&SnapshotFile::default()).expect("seed encodes")),
+        with_mode(
+            1,
+            &rmp_serde::to_vec(&SnapshotFile::default()).expect("seed encodes"),
+        ),
     ]
 }
 

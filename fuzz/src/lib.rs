@@ -15,8 +15,7 @@ use witan_node::mvcc::validate;
 use witan_node::proto::etcdserverpb::watch_request::RequestUnion;
 use witan_node::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, TxnRequest,
-    WatchRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, TxnRequest, WatchRequest,
 };
 use witan_node::proto::witanpb::InternalRequest;
 use witan_node::proto::witanpb::internal_request::Request as Internal;
@@ -232,7 +231,8 @@ fn lease_keys(store: &mut ScratchStore, id: i64) -> Result<(), EtcdError> {
     let (keys, _) = store
         .write(|a| a.lease_keys_of(id))
         .map_err(|e| EtcdError::Internal(e.to_string()))?;
-    keys.map(drop).map_err(|e| EtcdError::Internal(e.to_string()))
+    keys.map(drop)
+        .map_err(|e| EtcdError::Internal(e.to_string()))
 }
 
 /// A watch's create request as the watch service handles it: a negative

@@ -251,15 +251,34 @@ async fn daemon(flags: Flags) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut removed = running.member.removed.subscribe();
+    let mut raft_state = running.member.raft.metrics();
+    let mut fatal = None;
     let signalled = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); true }
         _ = int.recv() => { tracing::info!("SIGINT: shutting down"); true }
         _ = removed.wait_for(|removed| *removed) => false,
+        // Raft stopped on a storage error (a full or failing disk): this
+        // member can write nothing more until it is restarted (its
+        // database handle is poisoned), so it exits with the cause, as
+        // etcd does, rather than answer every request with a timeout.
+        failed = raft_state.wait_for(|m| m.running_state.is_err()) => {
+            fatal = Some(match failed {
+                Ok(m) => m.running_state.clone().err().map_or_else(String::new, |e| e.to_string()),
+                Err(_) => "raft ended".to_string(),
+            });
+            false
+        }
     };
     if signalled {
         // A leader hands over first, so the cluster need not wait out an
         // election timeout; bounded by the request timeout.
         running.member.step_down_before_exit().await;
+    }
+    if let Some(cause) = fatal {
+        tracing::error!(error = %cause, "raft stopped: exiting");
+        // Bounded: a stopped Raft may not answer its shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await;
+        anyhow::bail!("raft stopped: {cause}");
     }
     running.shutdown().await;
     tracing::info!("stopped");

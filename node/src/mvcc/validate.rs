@@ -182,8 +182,10 @@ impl Written {
     }
 
     fn overlaps(&self, iv: &Interval) -> bool {
-        self.last_below(iv)
-            .is_some_and(|(_, hi)| hi.as_ref().is_none_or(|hi| hi.as_slice() > iv.lo.as_slice()))
+        self.last_below(iv).is_some_and(|(_, hi)| {
+            hi.as_ref()
+                .is_none_or(|hi| hi.as_slice() > iv.lo.as_slice())
+        })
     }
 
     fn insert(&mut self, mut iv: Interval) {
@@ -196,7 +198,10 @@ impl Written {
                     .next_back(),
                 None => self.by_lo.iter().next_back(),
             }
-            .filter(|(_, hi)| hi.as_ref().is_none_or(|hi| hi.as_slice() >= iv.lo.as_slice()))
+            .filter(|(_, hi)| {
+                hi.as_ref()
+                    .is_none_or(|hi| hi.as_slice() >= iv.lo.as_slice())
+            })
             .map(|(lo, _)| lo.clone());
             let Some(lo) = absorbed else {
                 break;
@@ -384,7 +389,11 @@ mod tests {
             let _ = tx.send(check_txn(&txn, 128));
         });
         let verdict = rx.recv_timeout(std::time::Duration::from_secs(10));
-        assert_eq!(verdict, Ok(Ok(())), "a 200-deep txn was not checked in 10 s");
+        assert_eq!(
+            verdict,
+            Ok(Ok(())),
+            "a 200-deep txn was not checked in 10 s"
+        );
     }
 
     #[test]

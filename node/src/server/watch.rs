@@ -217,7 +217,11 @@ impl StreamTask {
         }
         // A range ending at or before its key (other than "\0") is refused
         // as etcd's watch stream refuses it, before an id is taken.
-        let key_or_zero = if req.key.is_empty() { &[0][..] } else { &req.key };
+        let key_or_zero = if req.key.is_empty() {
+            &[0][..]
+        } else {
+            &req.key
+        };
         if KeyRange::new(key_or_zero, &req.range_end) == KeyRange::Empty {
             let mut resp = self.response(-1, self.stream_rev);
             resp.created = true;
