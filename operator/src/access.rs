@@ -77,12 +77,24 @@ pub async fn connect(
         }
         options
     };
-    match Client::connect(endpoints, Some(options(true))).await {
-        Err(error) if access.credentials.is_some() && is_auth_not_enabled(&error) => {
-            Client::connect(endpoints, Some(options(false))).await
-        }
-        result => result,
+    if access.credentials.is_none() {
+        return Client::connect(endpoints, Some(options(false))).await;
     }
+    // Connecting as a user authenticates on one endpoint, and a learner
+    // refuses Authenticate (as in etcd): try the members one by one.
+    let mut last = None;
+    for endpoint in endpoints {
+        let one = std::slice::from_ref(endpoint);
+        match Client::connect(one, Some(options(true))).await {
+            Err(error) if is_auth_not_enabled(&error) => {
+                return Client::connect(endpoints, Some(options(false))).await;
+            }
+            Err(error) => last = Some(error),
+            ok => return ok,
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| etcd_client::Error::InvalidArgs("no endpoints to connect to".into())))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use witan_api::etcdserverpb::{
     AuthUserAddRequest, AuthUserGetRequest, AuthUserGrantRoleRequest, AuthUserListRequest,
     AuthenticateRequest, auth_client::AuthClient,
 };
+use witan_api::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
 use witan_api::witanpb::membership_client::MembershipClient;
 use witan_api::witanpb::{ChangeVotersRequest, VotersRequest};
 
@@ -144,27 +145,58 @@ impl EtcdMembers {
         access: &Access,
         what: &'static str,
     ) -> Result<(Channel, Option<MetadataValue<tonic::metadata::Ascii>>), MemberError> {
-        let witan = |detail: String| MemberError::Witan { what, detail };
         let mut last = String::from("no endpoints");
         for url in endpoints {
-            let mut endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| witan(format!("bad endpoint {url}: {e}")))?
-                .connect_timeout(self.connect_timeout)
-                .timeout(self.request_timeout);
-            if let Some(tls) = &access.tls {
-                endpoint = endpoint
-                    .tls_config(tls.config())
-                    .map_err(|e| witan(format!("TLS settings for {url}: {e}")))?;
-            }
-            match endpoint.connect().await {
-                Ok(channel) => {
-                    let token = self.token(&channel, access).await.map_err(witan)?;
-                    return Ok((channel, token));
-                }
-                Err(e) => last = format!("{url}: {e}"),
+            // A learner refuses Authenticate: the next member may not.
+            match self.plain_channel(url, access).await {
+                Ok(channel) => match self.token(&channel, access).await {
+                    Ok(token) => return Ok((channel, token)),
+                    Err(e) => last = format!("{url}: {e}"),
+                },
+                Err(e) => last = e,
             }
         }
-        Err(witan(last))
+        Err(MemberError::Witan { what, detail: last })
+    }
+
+    /// A channel to `url` (over TLS when `access` has a certificate),
+    /// without authenticating.
+    async fn plain_channel(&self, url: &str, access: &Access) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad endpoint {url}: {e}"))?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout);
+        if let Some(tls) = &access.tls {
+            endpoint = endpoint
+                .tls_config(tls.config())
+                .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+        }
+        endpoint.connect().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// `Maintenance.Status` of the member at `urls`, with `token`: (leader,
+    /// applied index, revision). `None` when it does not answer.
+    async fn status(
+        &self,
+        urls: &[String],
+        access: &Access,
+        token: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Option<(u64, u64, i64)> {
+        for url in urls {
+            let Ok(channel) = self.plain_channel(url, access).await else {
+                continue;
+            };
+            let Ok(answer) = MaintenanceClient::new(channel)
+                .status(with_token(StatusRequest {}, token))
+                .await
+            else {
+                continue;
+            };
+            let s = answer.into_inner();
+            let revision = s.header.map_or(0, |h| h.revision);
+            return Some((s.leader, s.raft_applied_index, revision));
+        }
+        None
     }
 
     /// Authenticate as `access`'s user; `None` without credentials or while
@@ -280,13 +312,22 @@ impl EtcdMembers {
                 (member.id(), name, member.is_learner(), urls)
             })
             .collect();
+        // One token for every Status: a learner cannot authenticate, but
+        // takes a token a voter issued (tokens travel through Raft).
+        let token = match self.channel(endpoints, access, "Authenticate").await {
+            Ok((_, token)) => token,
+            Err(error) => {
+                tracing::warn!("asking members' status without a token: {error}");
+                None
+            }
+        };
+        let token = token.as_ref();
         // Ask every member itself, concurrently: it is healthy only if it answers.
-        let statuses = futures::future::join_all(listed.iter().map(|(_, _, _, urls)| async move {
-            let mut own = self.connect(urls, access).await.ok()?;
-            let s = own.status().await.ok()?;
-            let revision = s.header().map_or(0, etcd_client::ResponseHeader::revision);
-            Some((s.leader(), s.raft_applied_index(), revision))
-        }))
+        let statuses = futures::future::join_all(
+            listed
+                .iter()
+                .map(|(_, _, _, urls)| self.status(urls, access, token)),
+        )
         .await;
         let seen: Vec<Seen> = listed
             .into_iter()

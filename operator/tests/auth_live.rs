@@ -3,9 +3,11 @@
 //! nothing (role root, user root, the operator's user, both granted root,
 //! AuthEnable); then etcdctl without a user is refused, root's password
 //! works, and the operator still observes the members and changes voters as
-//! its own user, while the same calls without credentials are refused.
+//! its own user, while the same calls without credentials are refused. A
+//! learner (which refuses Authenticate, as in etcd) is added by the
+//! operator and observed healthy with a token a voter issued.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use witan_operator::{
     access::{Access, Credentials},
@@ -13,14 +15,14 @@ use witan_operator::{
     members::{EtcdMembers, MemberApi},
     names::ClusterNames,
 };
-use witan_tests::Cluster;
+use witan_tests::{Cluster, poll_until};
 
 const ROOT_PASSWORD: &str = "root-password";
 const OPERATOR_PASSWORD: &str = "operator-password";
 
 #[test]
 fn the_operator_turns_auth_on_then_works_as_its_own_user() {
-    let cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(3);
     let endpoints: Vec<String> = cluster.members().iter().map(|m| m.client_url()).collect();
     let api = EtcdMembers::default();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -101,4 +103,30 @@ fn the_operator_turns_auth_on_then_works_as_its_own_user() {
     runtime
         .block_on(api.change_voters(&endpoints, &wrong, &voters))
         .expect_err("ChangeVoters with a wrong password");
+
+    // A learner, added as the operator does, and listed first: the operator
+    // authenticates on a voter and the learner answers Status with that token.
+    let joining = cluster.prepare_joining("node-4");
+    let peer_url = cluster.member(joining).peer_url();
+    let learner = runtime
+        .block_on(api.add_learner(&endpoints, &operator, &peer_url))
+        .expect("MemberAdd as the operator");
+    cluster.spawn(joining);
+    let mut with_learner = vec![cluster.member(joining).client_url()];
+    with_learner.extend(endpoints.iter().cloned());
+    poll_until(
+        Duration::from_secs(30),
+        "the learner observed healthy",
+        || {
+            let membership = runtime
+                .block_on(api.observe(&names, &with_learner, &operator))
+                .map_err(|e| e.to_string())?
+                .ok_or("no member answers")?;
+            let found = membership.members.iter().find(|m| m.id == learner);
+            match found {
+                Some(m) if m.is_learner && m.healthy => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
 }
