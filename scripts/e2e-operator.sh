@@ -4,7 +4,14 @@
 # 3-member KvCluster whose members are real witan processes, and etcdctl
 # writes and reads through every member's pod IP; a deleted member pod comes
 # back with its data and identity; 3 -> 5 -> 3 never shows an even number of
-# voters; deleting the KvCluster garbage-collects its children.
+# voters; deleting the KvCluster garbage-collects its children. Then a
+# KvCluster with spec.tls from Secrets whose certificates this script makes
+# (openssl): it becomes Available (the operator reaches its members over
+# mTLS with its own client certificate) and etcdctl needs the CA and a
+# client certificate to use it; plain http and no certificate are refused.
+# And a KvCluster with spec.auth: the operator turns etcd auth on (root's
+# password from a Secret, its own generated one), etcdctl then needs a
+# user, and the operator still changes membership as its own user (1 -> 3).
 #
 #   scripts/e2e-operator.sh
 #
@@ -161,6 +168,140 @@ deleted_cluster_collected() {
     done
 }
 
+# --- auth --------------------------------------------------------------
+AUTH_NS=kva
+ROOT_PASSWORD=e2e-root-password
+
+auth_ip() { kubectl -n "$AUTH_NS" get pod "$1" -o jsonpath='{.status.podIP}'; }
+
+create_auth_cluster() {
+    kubectl create namespace "$AUTH_NS" >/dev/null || return 1
+    kubectl -n "$AUTH_NS" create secret generic kva-root \
+        --from-literal=password="$ROOT_PASSWORD" >/dev/null || return 1
+    printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kva, namespace: %s}\nspec: {replicas: 1, auth: {enabled: true, rootPasswordSecretRef: {name: kva-root}}}\n' "$AUTH_NS" |
+        kubectl apply -f - >/dev/null || return 1
+    kubectl -n "$AUTH_NS" wait --for=condition=Available kvc/kva --timeout=180s >/dev/null
+}
+
+anonymous_refused() { # pod IP
+    local out
+    if out=$(etcdctl --endpoints "http://$1:2379" get k 2>&1); then return 1; fi
+    grep -q "user name is empty" <<<"$out"
+}
+
+auth_turned_on() {
+    local ip deadline=$((SECONDS + 90))
+    ip=$(auth_ip kva-0) || return 1
+    # Anonymous requests are refused once the operator enabled auth.
+    until anonymous_refused "$ip"; do
+        [ $SECONDS -lt $deadline ] || { echo "  auth never came on: $(etcdctl --endpoints "http://$ip:2379" get k 2>&1)"; return 1; }
+        sleep 0.5
+    done
+    etcdctl --endpoints "http://$ip:2379" --user "root:$ROOT_PASSWORD" put k v >/dev/null || return 1
+    [ "$(etcdctl --endpoints "http://$ip:2379" --user "root:$ROOT_PASSWORD" get k --print-value-only)" = v ] || return 1
+    # The operator's own credentials: generated once, owned by the KvCluster.
+    [ "$(kubectl -n "$AUTH_NS" get secret kva-operator-auth -o jsonpath='{.metadata.ownerReferences[0].kind}')" = KvCluster ] ||
+        { echo "  no owned kva-operator-auth Secret"; return 1; }
+    [ "$(kubectl -n "$AUTH_NS" get secret kva-operator-auth -o jsonpath='{.data.username}' | base64 -d)" = witan-operator ]
+}
+
+auth_operator_scales() {
+    kubectl -n "$AUTH_NS" scale kvc/kva --replicas=3 >/dev/null || return 1
+    kubectl -n "$AUTH_NS" wait --for=jsonpath='{.status.readyReplicas}'=3 kvc/kva --timeout=180s >/dev/null || return 1
+    local voters deadline=$((SECONDS + 120))
+    until voters=$(etcdctl --endpoints "http://$(auth_ip kva-0):2379" --user "root:$ROOT_PASSWORD" member list -w json |
+        python3 -c 'import json,sys; print(sum(1 for m in json.load(sys.stdin)["members"] if not m.get("isLearner")))') &&
+        [ "$voters" = 3 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "  voters: $voters"; return 1; }
+        sleep 0.5
+    done
+}
+
+# --- TLS ---------------------------------------------------------------
+TLS_NS=kvs
+TLS_DIR=$E2E_DIR/tls
+
+# A throwaway CA; a member certificate for the client port and one for
+# peers, both naming every member; the operator's client certificate
+# (CN witan-operator) and one for etcdctl. The server certificate also names
+# every address of the pod subnet: etcdctl here reaches members by pod IP.
+make_certificates() {
+    mkdir -p "$TLS_DIR" && cd "$TLS_DIR" || return 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=witan-e2e-ca -keyout ca.key -out ca.crt 2>/dev/null || return 1
+    local dns="" i subnet=${E2E_BRIDGE_IP%.*}
+    for i in 0 1 2 3 4; do
+        dns+="DNS:kvs-$i.kvs-peer.$TLS_NS.svc,DNS:kvs-$i.kvs-peer.$TLS_NS.svc.cluster.local,"
+    done
+    local ips="IP:127.0.0.1"
+    for i in $(seq 2 254); do ips+=",IP:$subnet.$i"; done
+    issue() { # name CN extendedKeyUsage subjectAltName
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+            -keyout "$1.key" -out "$1.csr" 2>/dev/null &&
+            printf 'extendedKeyUsage=%s\n%s' "$3" "${4:+subjectAltName=$4}" >"$1.ext" &&
+            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    }
+    issue server kvs serverAuth "${dns}DNS:localhost,$ips" &&
+        issue peer kvs serverAuth,clientAuth "${dns%,}" &&
+        issue operator witan-operator clientAuth "" &&
+        issue etcdctl e2e clientAuth "" || return 1
+    cd - >/dev/null
+}
+
+tls_secret() { # secret name, certificate name in $TLS_DIR
+    kubectl -n "$TLS_NS" create secret generic "$1" --type=kubernetes.io/tls \
+        --from-file=tls.crt="$TLS_DIR/$2.crt" --from-file=tls.key="$TLS_DIR/$2.key" \
+        --from-file=ca.crt="$TLS_DIR/ca.crt" >/dev/null
+}
+
+create_tls_cluster() {
+    make_certificates || { echo "  openssl failed"; return 1; }
+    kubectl create namespace "$TLS_NS" >/dev/null || return 1
+    tls_secret kvs-server-tls server && tls_secret kvs-peer-tls peer &&
+        tls_secret kvs-operator-tls operator || return 1
+    printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kvs, namespace: %s}\nspec: {replicas: 3, tls: {clientCertAuth: true}}\n' "$TLS_NS" |
+        kubectl apply -f - >/dev/null || return 1
+    kubectl -n "$TLS_NS" wait --for=condition=Available kvc/kvs --timeout=180s >/dev/null
+}
+
+tls_etcdctl() { # pod, etcdctl args...
+    local ip
+    ip=$(kubectl -n "$TLS_NS" get pod "$1" -o jsonpath='{.status.podIP}') || return 1
+    shift
+    etcdctl --endpoints "https://$ip:2379" --cacert "$TLS_DIR/ca.crt" \
+        --cert "$TLS_DIR/etcdctl.crt" --key "$TLS_DIR/etcdctl.key" "$@"
+}
+
+tls_put_get_every_member() {
+    local pod got
+    tls_etcdctl kvs-0 put secure-key secure-value >/dev/null || return 1
+    for pod in kvs-0 kvs-1 kvs-2; do
+        got=$(tls_etcdctl "$pod" get secure-key --print-value-only) || return 1
+        [ "$got" = secure-value ] || { echo "  $pod read '$got'"; return 1; }
+    done
+    [ "$(tls_etcdctl kvs-0 member list | grep -c ', started, ')" = 3 ] || { echo "  not 3 started members"; return 1; }
+    tls_etcdctl kvs-0 member list | grep -q 'https://kvs-0.kvs-peer.kvs.svc:2380' ||
+        { echo "  peer URLs are not https"; return 1; }
+}
+
+tls_refuses_strangers() {
+    local ip
+    ip=$(kubectl -n "$TLS_NS" get pod kvs-0 -o jsonpath='{.status.podIP}') || return 1
+    # No client certificate.
+    if etcdctl --endpoints "https://$ip:2379" --cacert "$TLS_DIR/ca.crt" \
+        --dial-timeout 3s --command-timeout 3s get secure-key >/dev/null 2>&1; then
+        echo "  served a client without a certificate"; return 1
+    fi
+    # Plain http on the TLS port.
+    if etcdctl --endpoints "http://$ip:2379" --dial-timeout 3s --command-timeout 3s \
+        get secure-key >/dev/null 2>&1; then
+        echo "  served plain http"; return 1
+    fi
+    # Probes and metrics: plain http on their own port.
+    curl -fsS "http://$ip:2381/readyz" >/dev/null || { echo "  no /readyz on 2381"; return 1; }
+}
+
 check "helm install: the operator runs with the chart's ServiceAccount and RBAC" helm_install
 check "the operator's Deployment is Available" operator_running
 check "a 3-member KvCluster becomes Available" create_cluster
@@ -170,6 +311,12 @@ check "etcdctl put/get through every member's pod IP" put_get_every_member
 check "a deleted member pod returns with its data and member ID" deleted_member_returns
 check "scale 3 -> 5 -> 3: never an even number of voters" scale_5_and_back
 check "deleting the KvCluster garbage-collects its children" deleted_cluster_collected
+check "auth: a KvCluster with spec.auth becomes Available" create_auth_cluster
+check "auth: the operator turns auth on; etcdctl needs a user, root's password works" auth_turned_on
+check "auth: the operator scales 1 -> 3 as its own user" auth_operator_scales
+check "TLS: a KvCluster with certificates from Secrets becomes Available" create_tls_cluster
+check "TLS: etcdctl with the CA and a client certificate writes and reads through every member" tls_put_get_every_member
+check "TLS: no client certificate and plain http are refused; probes use plain-http 2381" tls_refuses_strangers
 [ "$fail" = 0 ] || dump
 echo "e2e-operator: $pass/$((pass + fail)) checks pass in $((SECONDS - start))s"
 [ "$fail" = 0 ]

@@ -7,7 +7,11 @@
 //! learner (which refuses Authenticate, as in etcd) is added by the
 //! operator and observed healthy with a token a voter issued.
 
+mod support;
+
 use std::{collections::BTreeSet, time::Duration};
+
+use support::turn_auth_on;
 
 use witan_operator::{
     access::{Access, Credentials},
@@ -34,26 +38,15 @@ fn the_operator_turns_auth_on_then_works_as_its_own_user() {
         }),
     };
 
-    // What the controller does (controller/security.rs), bounded the same way.
-    let mut steps = Vec::new();
-    for _ in 0..=auth::MAX_STEPS {
-        let state = runtime
-            .block_on(api.auth_state(&endpoints, &operator))
-            .expect("auth state");
-        let step = auth::next_step(&state, OPERATOR_USER);
-        if step == AuthStep::Done {
-            break;
-        }
-        let password = match &step {
-            AuthStep::AddUser { user } if user == ROOT => ROOT_PASSWORD,
-            AuthStep::AddUser { .. } => OPERATOR_PASSWORD,
-            _ => "",
-        };
-        runtime
-            .block_on(api.auth_apply(&endpoints, &operator, &step, password))
-            .unwrap_or_else(|e| panic!("{step:?}: {e}\n{}", cluster.logs()));
-        steps.push(step);
-    }
+    // What the controller does (controller/security.rs).
+    let steps = turn_auth_on(
+        &runtime,
+        &api,
+        &endpoints,
+        &operator,
+        ROOT_PASSWORD,
+        &cluster,
+    );
     assert_eq!(steps.len(), auth::MAX_STEPS, "{steps:?}");
     assert_eq!(steps.last(), Some(&AuthStep::Enable));
     // Read again, as the operator: on, and nothing more to do.

@@ -439,11 +439,11 @@ mod tests {
         let c = &pod["containers"][0];
         let args = strings(&c["args"]);
         assert!(args.contains(&"--endpoints=https://kv-client.prod.svc:2379"));
-        assert!(args.contains(&"--cacert=/etc/witan/tls/client/ca.crt"));
-        assert!(args.contains(&"--cert=/etc/witan/tls/client/tls.crt"));
-        assert!(args.contains(&"--key=/etc/witan/tls/client/tls.key"));
+        assert!(args.contains(&"--cacert=/run/secrets/witan/client/ca.crt"));
+        assert!(args.contains(&"--cert=/run/secrets/witan/client/tls.crt"));
+        assert!(args.contains(&"--key=/run/secrets/witan/client/tls.key"));
         assert!(c["volumeMounts"].as_array().unwrap().contains(&json!(
-            {"name": "tls-client", "mountPath": "/etc/witan/tls/client", "readOnly": true}
+            {"name": "tls-client", "mountPath": "/run/secrets/witan/client", "readOnly": true}
         )));
         assert!(pod["volumes"].as_array().unwrap().contains(&json!(
             {"name": "tls-client", "secret": {"secretName": "kv-operator-tls", "optional": false}}

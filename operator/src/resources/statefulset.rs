@@ -652,7 +652,7 @@ mod tests {
         let args = strings(&c["args"]);
         assert!(args.contains(&"--client-cert-auth"));
         assert!(args.contains(&"--peer-client-cert-auth"));
-        assert!(args.contains(&"--cert-file=/etc/witan/tls/server/tls.crt"));
+        assert!(args.contains(&"--cert-file=/run/secrets/witan/server/tls.crt"));
         assert!(args.contains(&"--listen-metrics-urls=http://0.0.0.0:2381"));
         // The user's flags come last, so they can override ours.
         assert_eq!(args.last(), Some(&"--snapshot-count=5000"));
@@ -669,9 +669,9 @@ mod tests {
         );
         let mounts = c["volumeMounts"].as_array().unwrap();
         assert!(mounts.contains(&json!({"name": "tls-server",
-            "mountPath": "/etc/witan/tls/server", "readOnly": true})));
+            "mountPath": "/run/secrets/witan/server", "readOnly": true})));
         assert!(mounts.contains(&json!({"name": "tls-peer",
-            "mountPath": "/etc/witan/tls/peer", "readOnly": true})));
+            "mountPath": "/run/secrets/witan/peer", "readOnly": true})));
         let volumes = pod["volumes"].as_array().unwrap();
         assert!(volumes.contains(&json!({"name": "tls-server",
             "secret": {"secretName": "kv-server-tls", "optional": false}})));

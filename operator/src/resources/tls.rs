@@ -10,12 +10,15 @@ use crate::{
     names::{ClusterNames, METRICS_PORT},
 };
 
+// Mounted below /run (Docker's place for secrets): a tmpfs in any image,
+// so the mount point can be made even when the image's /etc is read-only.
+
 /// Where the members' client-port certificate is mounted.
-pub const SERVER_DIR: &str = "/etc/witan/tls/server";
+pub const SERVER_DIR: &str = "/run/secrets/witan/server";
 /// Where the members' peer certificate is mounted.
-pub const PEER_DIR: &str = "/etc/witan/tls/peer";
+pub const PEER_DIR: &str = "/run/secrets/witan/peer";
 /// Where a backup job's client certificate is mounted.
-pub const CLIENT_DIR: &str = "/etc/witan/tls/client";
+pub const CLIENT_DIR: &str = "/run/secrets/witan/client";
 /// The keys of a `kubernetes.io/tls` Secret (cert-manager writes `ca.crt` too).
 pub const CERT_KEY: &str = "tls.crt";
 pub const KEY_KEY: &str = "tls.key";
@@ -167,13 +170,13 @@ mod tests {
         assert_eq!(
             member_flags(&tls),
             [
-                "--cert-file=/etc/witan/tls/server/tls.crt",
-                "--key-file=/etc/witan/tls/server/tls.key",
-                "--trusted-ca-file=/etc/witan/tls/server/ca.crt",
+                "--cert-file=/run/secrets/witan/server/tls.crt",
+                "--key-file=/run/secrets/witan/server/tls.key",
+                "--trusted-ca-file=/run/secrets/witan/server/ca.crt",
                 "--client-cert-auth",
-                "--peer-cert-file=/etc/witan/tls/peer/tls.crt",
-                "--peer-key-file=/etc/witan/tls/peer/tls.key",
-                "--peer-trusted-ca-file=/etc/witan/tls/peer/ca.crt",
+                "--peer-cert-file=/run/secrets/witan/peer/tls.crt",
+                "--peer-key-file=/run/secrets/witan/peer/tls.key",
+                "--peer-trusted-ca-file=/run/secrets/witan/peer/ca.crt",
                 "--peer-client-cert-auth",
                 "--listen-metrics-urls=http://0.0.0.0:2381",
             ]
@@ -188,9 +191,9 @@ mod tests {
         assert_eq!(
             client_flags(),
             [
-                "--cacert=/etc/witan/tls/client/ca.crt",
-                "--cert=/etc/witan/tls/client/tls.crt",
-                "--key=/etc/witan/tls/client/tls.key",
+                "--cacert=/run/secrets/witan/client/ca.crt",
+                "--cert=/run/secrets/witan/client/tls.crt",
+                "--key=/run/secrets/witan/client/tls.key",
             ]
         );
     }

@@ -178,3 +178,45 @@ pub fn put(c: &Cluster, key: &str) -> i64 {
 pub fn file_name(location: &str) -> String {
     location.rsplit('/').next().unwrap().to_string()
 }
+
+/// Turns auth on the way the controller does (`auth::next_step`, bounded):
+/// root gets `root_password`, the operator's user the password in
+/// `access`. Returns the steps taken.
+pub fn turn_auth_on(
+    runtime: &tokio::runtime::Runtime,
+    api: &witan_operator::members::EtcdMembers,
+    endpoints: &[String],
+    access: &witan_operator::access::Access,
+    root_password: &str,
+    c: &Cluster,
+) -> Vec<witan_operator::auth::AuthStep> {
+    use witan_operator::{
+        auth::{self, AuthStep, OPERATOR_USER, ROOT},
+        members::MemberApi,
+    };
+    let operator_password = access
+        .credentials
+        .as_ref()
+        .map(|c| c.password.clone())
+        .unwrap_or_default();
+    let mut steps = Vec::new();
+    for _ in 0..=auth::MAX_STEPS {
+        let state = runtime
+            .block_on(api.auth_state(endpoints, access))
+            .expect("auth state");
+        let step = auth::next_step(&state, OPERATOR_USER);
+        if step == AuthStep::Done {
+            break;
+        }
+        let password = match &step {
+            AuthStep::AddUser { user } if user == ROOT => root_password,
+            AuthStep::AddUser { .. } => operator_password.as_str(),
+            _ => "",
+        };
+        runtime
+            .block_on(api.auth_apply(endpoints, access, &step, password))
+            .unwrap_or_else(|e| panic!("{step:?}: {e}\n{}", c.logs()));
+        steps.push(step);
+    }
+    steps
+}
