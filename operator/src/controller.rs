@@ -151,7 +151,7 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
                 &ctx,
                 &kvc,
                 EventType::Warning,
-                "CredentialsMissing",
+                security::CREDENTIALS_MISSING,
                 error.to_string(),
             )
             .await;

@@ -24,32 +24,39 @@ use crate::{
     resources::{certificates, credentials, network_policy, tls},
 };
 
+/// Event reason when a Secret the spec relies on is missing.
+pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+
 /// Event reason when `spec.tls.certManager` is set without cert-manager.
 pub const CERT_MANAGER_MISSING: &str = "CertManagerMissing";
 
 /// How to reach this cluster's members: the operator's client certificate
-/// (`spec.tls`) and its user (`spec.auth`). A missing TLS Secret is an
-/// error: without it no member can be reached.
+/// (`spec.tls`) and its user (`spec.auth`). A TLS Secret that is missing
+/// (cert-manager may not have issued it yet) is reported with a Warning
+/// Event and leaves the members unreachable for this reconcile, while the
+/// children (the Certificates among them) are still applied.
 pub(super) async fn access(kvc: &KvCluster, names: &ClusterNames, ctx: &Context) -> Result<Access> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let tls = match &kvc.spec.tls {
-        Some(spec) => {
-            let name = spec.operator_secret(&names.name);
-            let secret = secrets.get_opt(&name).await?.ok_or_else(|| {
-                Error::MissingSecret(format!(
-                    "{name} (the operator's client certificate; spec.tls)"
-                ))
-            })?;
-            let key = |key: &str| {
-                secret_bytes(&secret, key)
-                    .ok_or_else(|| Error::MissingSecret(format!("key {key} of Secret {name}")))
-            };
-            Some(ClientTls {
-                ca_pem: key(tls::CA_KEY)?,
-                cert_pem: key(tls::CERT_KEY)?,
-                key_pem: key(tls::KEY_KEY)?,
-            })
-        }
+        Some(spec) => match operator_tls(&spec.operator_secret(&names.name), &secrets).await {
+            Ok(tls) => Some(tls),
+            Err(Error::MissingSecret(what)) => {
+                // Handled here: the user (or cert-manager) has to provide it.
+                warn!("missing Secret: {what}");
+                publish_note(
+                    ctx,
+                    kvc,
+                    EventType::Warning,
+                    CREDENTIALS_MISSING,
+                    format!(
+                        "missing Secret: {what}; the members cannot be reached until it exists"
+                    ),
+                )
+                .await;
+                None
+            }
+            Err(error) => return Err(error),
+        },
         None => None,
     };
     let credentials = if kvc.spec.auth_enabled() {
@@ -61,6 +68,24 @@ pub(super) async fn access(kvc: &KvCluster, names: &ClusterNames, ctx: &Context)
         None
     };
     Ok(Access { tls, credentials })
+}
+
+/// The operator's client certificate from the Secret `name`.
+async fn operator_tls(name: &str, secrets: &Api<Secret>) -> Result<ClientTls> {
+    let secret = secrets.get_opt(name).await?.ok_or_else(|| {
+        Error::MissingSecret(format!(
+            "{name} (the operator's client certificate; spec.tls)"
+        ))
+    })?;
+    let key = |key: &str| {
+        secret_bytes(&secret, key)
+            .ok_or_else(|| Error::MissingSecret(format!("key {key} of Secret {name}")))
+    };
+    Ok(ClientTls {
+        ca_pem: key(tls::CA_KEY)?,
+        cert_pem: key(tls::CERT_KEY)?,
+        key_pem: key(tls::KEY_KEY)?,
+    })
 }
 
 fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {

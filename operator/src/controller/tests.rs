@@ -775,23 +775,107 @@ async fn a_secured_cluster_is_reached_with_its_certificate_fenced_and_gets_auth_
     assert_eq!(credentials.password, password);
 }
 
-#[tokio::test]
-async fn a_missing_tls_secret_stops_the_reconcile_with_an_event_naming_it() {
-    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+/// A new KvCluster whose certificates cert-manager is to issue.
+fn issued_by_cert_manager() -> KvCluster {
+    use crate::crd::{CertManagerSpec, IssuerRef, TlsSpec};
     let mut secured = kvc(3);
-    secured.spec.tls = Some(crate::crd::TlsSpec::default());
-    let reconcile = tokio::spawn(reconcile(Arc::new(secured), ctx));
-    expect(&mut server, Method::GET, STS, Reply::NotFound).await;
+    secured.spec.tls = Some(TlsSpec {
+        cert_manager: Some(CertManagerSpec {
+            issuer_ref: IssuerRef {
+                name: "ca".into(),
+                kind: "ClusterIssuer".into(),
+                group: "cert-manager.io".into(),
+            },
+        }),
+        ..TlsSpec::default()
+    });
+    secured
+}
+
+/// The start of a new secured cluster's reconcile: its operator Secret is
+/// not there yet (cert-manager has not issued it), which is said in an
+/// Event, and the fixed children follow.
+async fn expect_start_without_operator_secret(server: &mut ApiServer) {
+    expect(server, Method::GET, STS, Reply::NotFound).await;
     expect(
-        &mut server,
+        server,
         Method::GET,
         &format!("{SECRETS}/kv-operator-tls"),
         Reply::NotFound,
     )
     .await;
-    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    let event = expect(server, Method::POST, EVENTS, Reply::Echo).await;
     assert_eq!(event["reason"], "CredentialsMissing");
     assert!(event["note"].as_str().unwrap().contains("kv-operator-tls"));
-    let error = reconcile.await.unwrap().expect_err("reconcile fails");
-    assert_eq!(error.metric_label(), "missing_secret");
+    expect_fixed_children(server, false).await;
+}
+
+/// The end of a bootstrap reconcile: ConfigMap, StatefulSet, Event, status.
+async fn expect_bootstrap_rest(server: &mut ApiServer) {
+    expect(
+        server,
+        Method::PATCH,
+        "/api/v1/namespaces/prod/configmaps/kv-config",
+        Reply::Echo,
+    )
+    .await;
+    let sts = expect(server, Method::PATCH, STS, Reply::Echo).await;
+    let volumes = sts["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("kv-server-tls") && volumes.contains("kv-peer-tls"));
+    let event = expect(server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "Bootstrap");
+    expect(server, Method::PATCH, STATUS, Reply::Json(stored())).await;
+}
+
+const CERT_MANAGER_V1: &str = "/apis/cert-manager.io/v1";
+
+#[tokio::test]
+async fn with_cert_manager_the_certificates_are_applied_before_their_secrets_exist() {
+    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+    let reconcile = tokio::spawn(reconcile(Arc::new(issued_by_cert_manager()), ctx));
+    expect_start_without_operator_secret(&mut server).await;
+    expect(
+        &mut server,
+        Method::GET,
+        CERT_MANAGER_V1,
+        Reply::Json(json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cert-manager.io/v1",
+            "resources": [{"name": "certificates", "singularName": "certificate", "namespaced": true,
+                           "kind": "Certificate", "verbs": ["create", "get", "list", "patch", "watch"]}]
+        })),
+    )
+    .await;
+    for secret in ["kv-server-tls", "kv-peer-tls", "kv-operator-tls"] {
+        let certificate = expect(
+            &mut server,
+            Method::PATCH,
+            &format!("{CERT_MANAGER_V1}/namespaces/prod/certificates/{secret}"),
+            Reply::Echo,
+        )
+        .await;
+        assert_eq!(certificate["kind"], "Certificate");
+        assert_eq!(certificate["spec"]["secretName"], secret);
+        assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    }
+    expect_bootstrap_rest(&mut server).await;
+    reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn without_cert_manager_an_event_says_so_and_the_rest_is_reconciled() {
+    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+    let reconcile = tokio::spawn(reconcile(Arc::new(issued_by_cert_manager()), ctx));
+    expect_start_without_operator_secret(&mut server).await;
+    expect(&mut server, Method::GET, CERT_MANAGER_V1, Reply::NotFound).await;
+    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "CertManagerMissing");
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("cert-manager.io/v1 Certificate")
+    );
+    expect_bootstrap_rest(&mut server).await;
+    reconcile.await.unwrap().expect("reconcile succeeds");
 }
