@@ -4,7 +4,9 @@
 # 3-member KvCluster whose members are real witan processes, and etcdctl
 # writes and reads through every member's pod IP; a deleted member pod comes
 # back with its data and identity; 3 -> 5 -> 3 never shows an even number of
-# voters; deleting the KvCluster garbage-collects its children. Then a
+# voters; a new version rolls out one member at a time, the leader last,
+# under writes that all survive; deleting the KvCluster garbage-collects its
+# children. Then a
 # KvCluster with spec.tls from Secrets whose certificates this script makes
 # (openssl): it becomes Available (the operator reaches its members over
 # mTLS with its own client certificate) and etcdctl needs the CA and a
@@ -154,6 +156,77 @@ scale_5_and_back() {
     echo "  voter counts seen: $seen($(wc -l <"$samples") samples)"
     if grep -qE '^[02468]$' "$samples"; then echo "  an even number of voters was seen"; status=1; fi
     [ "$(kubectl -n kv get pods -l witan.io/cluster=kv -o name | wc -l)" = 3 ] || status=1
+    return $status
+}
+
+# --- rollout -------------------------------------------------------------
+ROLLOUT_TAG=e2e-rollout
+
+# Writes a numbered key every 0.2 s through every member's current pod IP
+# (etcdctl fails over between endpoints); logs "ok N" or "fail N" per write.
+rollout_writer() { # log
+    local n=0 endpoints
+    while true; do
+        n=$((n + 1))
+        endpoints=$(kubectl -n kv get pods -l witan.io/cluster=kv -o jsonpath='{range .items[*]}http://{.status.podIP}:2379,{end}' 2>/dev/null)
+        if etcdctl --endpoints "${endpoints%,}" --dial-timeout 2s --command-timeout 3s \
+            put "rollout/$n" "$n" >/dev/null 2>&1; then
+            echo "ok $n" >>"$1"
+        else
+            echo "fail $n" >>"$1"
+        fi
+        sleep 0.2
+    done
+}
+
+# Each pod's image, one "pod image" line per pod.
+pod_images() {
+    kubectl -n kv get pods -l witan.io/cluster=kv \
+        -o jsonpath='{range .items[*]}{.metadata.name} {.spec.containers[0].image}{"\n"}{end}'
+}
+
+# A new version replaces every member one at a time, the leader last, while
+# a writer keeps writing: no acknowledged write is lost and writes succeed
+# during the rollout.
+rollout_leader_last() {
+    local log=$E2E_DIR/rollout-writes order=$E2E_DIR/rollout-order writer status=0
+    local leader
+    leader=$(kubectl -n kv get kvc kv -o jsonpath='{.status.leader}')
+    [ -n "$leader" ] || { echo "  no leader before the rollout"; return 1; }
+    : >"$log"; : >"$order"
+    rollout_writer "$log" &
+    writer=$!
+    kubectl -n kv patch kvc kv --type merge -p "{\"spec\":{\"version\":\"$ROLLOUT_TAG\"}}" >/dev/null || status=1
+    # The order in which pods come back with the new image.
+    local deadline=$((SECONDS + 300)) updated=0
+    while [ $status = 0 ] && [ "$updated" -lt 3 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "  rollout not done: $(pod_images | tr '\n' ';')"; status=1; break; }
+        pod_images | awk -v tag=":$ROLLOUT_TAG" 'index($2, tag) { print $1 }' | while read -r pod; do
+            grep -qx "$pod" "$order" || echo "$pod" >>"$order"
+        done
+        updated=$(wc -l <"$order")
+        sleep 0.5
+    done
+    [ $status = 0 ] && { kubectl -n kv wait --for=condition=Ready pod -l witan.io/cluster=kv --timeout=120s >/dev/null &&
+        kubectl -n kv wait --for=condition=Available kvc/kv --timeout=120s >/dev/null || status=1; }
+    kill "$writer" && wait "$writer" 2>/dev/null
+    echo "  leader before: $leader; replaced in order: $(tr '\n' ' ' <"$order")"
+    [ "$(tail -n 1 "$order")" = "$leader" ] || { echo "  the leader was not replaced last"; status=1; }
+    local acked failed
+    acked=$(grep -c '^ok ' "$log" || true)
+    failed=$(grep -c '^fail ' "$log" || true)
+    echo "  writes during the rollout: $acked acknowledged, $failed failed"
+    [ "$acked" -gt 0 ] || { echo "  no write succeeded during the rollout"; status=1; }
+    # Every acknowledged write is there afterwards.
+    local have n missing=0
+    have=$(etcdctl --endpoints "http://$(pod_ip kv-0):2379" get rollout/ --prefix --keys-only | grep -c . || true)
+    while read -r _ n; do
+        [ "$(etcdctl --endpoints "http://$(pod_ip kv-0):2379" get "rollout/$n" --print-value-only)" = "$n" ] ||
+            missing=$((missing + 1))
+    done < <(grep '^ok ' "$log")
+    echo "  keys present: $have; acknowledged writes missing: $missing"
+    [ "$missing" = 0 ] || status=1
+    [ "$(voters "$(pod_ip kv-0)")" = 3 ] || { echo "  not 3 voters after the rollout"; status=1; }
     return $status
 }
 
@@ -310,6 +383,7 @@ check "MemberList shows three voters; the status names a leader" three_voters_an
 check "etcdctl put/get through every member's pod IP" put_get_every_member
 check "a deleted member pod returns with its data and member ID" deleted_member_returns
 check "scale 3 -> 5 -> 3: never an even number of voters" scale_5_and_back
+check "rollout: a new version replaces every member, the leader last, and no acknowledged write is lost" rollout_leader_last
 check "deleting the KvCluster garbage-collects its children" deleted_cluster_collected
 check "auth: a KvCluster with spec.auth becomes Available" create_auth_cluster
 check "auth: the operator turns auth on; etcdctl needs a user, root's password works" auth_turned_on
