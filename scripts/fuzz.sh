@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh --secs 30       # shorter
 #   scripts/fuzz.sh --target raft_rpc --secs 600
 #   scripts/fuzz.sh --seeds         # regenerate fuzz/seeds/ from the targets
+#   scripts/fuzz.sh --no-build      # run the targets as last built
 #
 # Prints one line per target and ends with `fuzz: T targets, F findings`;
 # exits non-zero on a finding, printing the path of the input that caused
@@ -16,8 +17,9 @@ cd "$(dirname "$0")/.."
 TARGETS=(grpc_request gateway_json raft_rpc snapshot_restore)
 secs=120
 seeds_only=0
+build=1
 only=""
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --secs)
@@ -30,6 +32,7 @@ while (($#)); do
             shift 2
             ;;
         --seeds) seeds_only=1; shift ;;
+        --no-build) build=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "fuzz.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -56,12 +59,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 started=$(date +%s)
-if ! "${cargo[@]}" fuzz build -O >fuzz/build.log 2>&1; then
-    tail -n 40 fuzz/build.log >&2
-    echo "fuzz: ${#TARGETS[@]} targets, build failed (fuzz/build.log)"
-    exit 1
+if ((build)); then
+    if ! "${cargo[@]}" fuzz build -O >fuzz/build.log 2>&1; then
+        tail -n 40 fuzz/build.log >&2
+        echo "fuzz: ${#TARGETS[@]} targets, build failed (fuzz/build.log)"
+        exit 1
+    fi
+    echo "fuzz build: $(($(date +%s) - started)) s"
 fi
-echo "fuzz build: $(($(date +%s) - started)) s"
 bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
 
 if ((seeds_only)); then
@@ -79,7 +84,7 @@ for t in "${TARGETS[@]}"; do
     # The working corpus grows across runs on one machine (it is ignored by
     # git); the committed seeds are read alongside it.
     corpus="fuzz/corpus/$t"
-    mkdir -p "$corpus" "fuzz/artifacts/$t"
+    mkdir -p "$corpus" "fuzz/seeds/$t" "fuzz/artifacts/$t"
     log="fuzz/artifacts/$t.log"
     # -rss_limit_mb/-malloc_limit_mb: no input may make a target allocate
     # without bound; -timeout: none may take 10 s.

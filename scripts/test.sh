@@ -84,8 +84,14 @@ done
 rm -f "$log.planted"
 echo "planted bugs: $planted_caught/3 caught"
 [ "$planted_caught" -eq 3 ] || status=1
+# Fuzzing (docs/robustness.md "Fuzzing"): every cargo-fuzz target for
+# WITAN_FUZZ_SECS seconds (default 120); a finding fails the run.
+scripts/fuzz.sh --secs "${WITAN_FUZZ_SECS:-120}" 2>&1 | tee "$log.fuzz" || status=1
+fuzz_result=$(grep '^fuzz: ' "$log.fuzz" | tail -n 1 || true)
+rm -f "$log.fuzz"
 # One closing line for the whole run (cargo prints one per test binary,
-# the last of which is often an empty doc-test run).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# the last of which is often an empty doc-test run), the fuzz result after it.
+awk -v fuzz="${fuzz_result:-fuzz: did not finish}" \
+    '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed; %s\n", p, f, fuzz }' "$log"
 exit "$status"
