@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use tonic::Code;
 use witan_tests::{Cluster, run_witan};
@@ -64,6 +65,15 @@ async fn current_revision(client: &mut Client) -> i64 {
 }
 
 /// A member that is not the leader, so requests through it are forwarded.
+/// The next answer on a watch stream, within a bound.
+async fn next_watch_answer(stream: &mut WatchStream) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch answer in time")
+        .expect("watch stream")
+        .expect("a watch response")
+}
+
 fn follower(c: &Cluster) -> usize {
     let leader = c.leader();
     (0..c.len()).find(|&i| i != leader).expect("a follower")
@@ -226,11 +236,7 @@ fn a_range_end_before_the_key_selects_nothing() {
             .watch("b", Some(WatchOptions::new().with_range("a")))
             .await
             .expect("watch");
-        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a watch answer in time")
-            .expect("watch stream")
-            .expect("a watch response");
+        let resp = next_watch_answer(&mut stream).await;
         assert!(resp.created() && resp.canceled(), "{resp:?}");
         assert_eq!(resp.cancel_reason(), "mvcc: watcher range is empty");
     });
@@ -267,22 +273,14 @@ fn negative_revisions_get_etcds_answers() {
             .watch("k", Some(WatchOptions::new().with_start_revision(-1)))
             .await
             .expect("watch");
-        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a watch answer in time")
-            .expect("watch stream")
-            .expect("a watch response");
+        let resp = next_watch_answer(&mut stream).await;
         assert!(resp.created() && resp.canceled(), "{resp:?}");
         assert_eq!(resp.cancel_reason(), COMPACTED);
         stream
             .watch("k", Some(WatchOptions::new().with_start_revision(revision)))
             .await
             .expect("a second watch on the same stream");
-        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a watch answer in time")
-            .expect("watch stream")
-            .expect("a watch response");
+        let resp = next_watch_answer(&mut stream).await;
         assert!(resp.created() && !resp.canceled(), "{resp:?}");
         // The history from `revision` arrives with or after the creation.
         let mut events = resp.events().to_vec();
