@@ -6,7 +6,8 @@
 # back with its data and identity; 3 -> 5 -> 3 never shows an even number of
 # voters; a new version rolls out one member at a time, the leader last,
 # under writes that all survive; deleting the KvCluster garbage-collects its
-# children. Then a
+# children. A KvCluster backs itself up to a PVC on a schedule and a new one
+# restores from that backup. Then a
 # KvCluster with spec.tls from Secrets whose certificates this script makes
 # (openssl): it becomes Available (the operator reaches its members over
 # mTLS with its own client certificate) and etcdctl needs the CA and a
@@ -241,6 +242,56 @@ deleted_cluster_collected() {
     done
 }
 
+# --- backup and restore --------------------------------------------------
+BACKUP_NS=kvb
+
+backup_ip() { kubectl -n "$BACKUP_NS" get pod "$1" -o jsonpath='{.status.podIP}'; }
+
+# A KvCluster backs itself up to a PVC every minute: the CronJob's pod (the
+# operator image, `witan-operator backup`) stores a snapshot and the status
+# reports it.
+scheduled_backup_lands() {
+    kubectl create namespace "$BACKUP_NS" >/dev/null || return 1
+    printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: kv-backups, namespace: %s}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n' "$BACKUP_NS" |
+        kubectl apply -f - >/dev/null || return 1
+    printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kvb, namespace: %s}\nspec: {replicas: 1, backup: {schedule: "* * * * *", retention: 3, destination: {pvc: {claimName: kv-backups, subPath: kvb}}}}\n' "$BACKUP_NS" |
+        kubectl apply -f - >/dev/null || return 1
+    kubectl -n "$BACKUP_NS" wait --for=condition=Available kvc/kvb --timeout=180s >/dev/null || return 1
+    local ip
+    ip=$(backup_ip kvb-0)
+    etcdctl --endpoints "http://$ip:2379" put backup/a one >/dev/null || return 1
+    etcdctl --endpoints "http://$ip:2379" put backup/b two >/dev/null || return 1
+    # Wait for a backup that holds both writes (revision 1 is the empty
+    # store, each put +1): the schedule is a minute, so bounded at three.
+    local revision=0 location deadline=$((SECONDS + 180))
+    while [ "${revision:-0}" -lt 3 ]; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "  no backup with the writes: $(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.conditions}')"
+            return 1
+        fi
+        sleep 2
+        revision=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.revision}')
+    done
+    location=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.location}')
+    echo "  lastBackup: revision $revision at $location"
+    [ -n "$location" ] || { echo "  lastBackup has no location"; return 1; }
+    kubectl -n "$BACKUP_NS" wait --for=condition=BackupReady kvc/kvb --timeout=30s >/dev/null
+}
+
+# A new KvCluster bootstraps from the latest backup of kvb: same keys and
+# values, and its revision continues from the backup's.
+restored_cluster_has_the_data() {
+    printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kvr, namespace: %s}\nspec: {replicas: 1, bootstrap: {restore: {name: latest, sourceCluster: kvb, source: {pvc: {claimName: kv-backups, subPath: kvb}}}}}\n' "$BACKUP_NS" |
+        kubectl apply -f - >/dev/null || return 1
+    kubectl -n "$BACKUP_NS" wait --for=condition=Available kvc/kvr --timeout=180s >/dev/null || return 1
+    local ip got
+    ip=$(backup_ip kvr-0)
+    got=$(etcdctl --endpoints "http://$ip:2379" get backup/ --prefix --print-value-only | tr '\n' ' ')
+    [ "$got" = "one two " ] || { echo "  restored values: '$got'"; return 1; }
+    kubectl -n "$BACKUP_NS" wait --for=condition=Restored kvc/kvr --timeout=60s >/dev/null ||
+        { echo "  Restored: $(kubectl -n "$BACKUP_NS" get kvc kvr -o jsonpath='{.status.conditions}')"; return 1; }
+}
+
 # --- auth --------------------------------------------------------------
 AUTH_NS=kva
 ROOT_PASSWORD=e2e-root-password
@@ -385,6 +436,8 @@ check "a deleted member pod returns with its data and member ID" deleted_member_
 check "scale 3 -> 5 -> 3: never an even number of voters" scale_5_and_back
 check "rollout: a new version replaces every member, the leader last, and no acknowledged write is lost" rollout_leader_last
 check "deleting the KvCluster garbage-collects its children" deleted_cluster_collected
+check "backup: a scheduled backup to a PVC lands and the status reports it" scheduled_backup_lands
+check "restore: a new KvCluster bootstraps from the latest backup with its data" restored_cluster_has_the_data
 check "auth: a KvCluster with spec.auth becomes Available" create_auth_cluster
 check "auth: the operator turns auth on; etcdctl needs a user, root's password works" auth_turned_on
 check "auth: the operator scales 1 -> 3 as its own user" auth_operator_scales
