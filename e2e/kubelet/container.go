@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/exec"
@@ -161,12 +162,17 @@ func (w *podWorker) start(c *container) error {
 	for _, a := range c.spec.Args {
 		argv = append(argv, expand(a, lookup))
 	}
-	spec, err := w.execSpec(c, entry, binary, argv, env)
-	if err != nil {
-		return err
-	}
 	specPath := filepath.Join(w.dir, "exec", c.spec.Name+".json")
 	if err := os.MkdirAll(filepath.Dir(specPath), 0o700); err != nil {
+		return err
+	}
+	// Each run gets an empty termination log, read when it exits.
+	terminationLog := filepath.Join(w.dir, "exec", c.spec.Name+".termination-log")
+	if err := newTerminationLog(terminationLog); err != nil {
+		return err
+	}
+	spec, err := w.execSpec(c, entry, binary, terminationLog, argv, env)
+	if err != nil {
 		return err
 	}
 	data, _ := json.Marshal(spec)
@@ -183,6 +189,12 @@ func (w *podWorker) start(c *container) error {
 		return err
 	}
 	defer logFile.Close()
+	// Where this run's output starts: the log fallback of the termination
+	// message reads this run only.
+	logOffset, err := logFile.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -232,6 +244,9 @@ func (w *podWorker) start(c *container) error {
 			}
 		} else if err != nil {
 			end.ExitCode, end.Reason, end.Message = 128, "Error", err.Error()
+		}
+		if msg := terminationMessage(c.spec, end.ExitCode, terminationLog, logPath, logOffset); msg != "" {
+			end.Message = msg
 		}
 		c.mu.Lock()
 		c.exit = end

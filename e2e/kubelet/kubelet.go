@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"log"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 )
 
 const maxPods = 200 // addresses .2 to .254 of the bridge's /24, minus headroom
@@ -74,7 +77,7 @@ func newKubelet(cfg config, client kubernetes.Interface, factory informers.Share
 			}
 		},
 	})
-	// Any change to a headless Service's endpoints rewrites the pods' hosts files.
+	// Any change to a Service's endpoints rewrites the pods' hosts files.
 	_, _ = factory.Discovery().V1().EndpointSlices().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.refreshHosts() },
 		UpdateFunc: func(any, any) { k.refreshHosts() },
@@ -161,12 +164,14 @@ func (k *kubelet) shutdown() {
 	wg.Wait()
 }
 
-// dnsRecords emulates cluster DNS for headless Services the way CoreDNS
-// answers from EndpointSlices: `<hostname>.<service>.<namespace>.svc` and
-// `<service>.<namespace>.svc` for every ready endpoint (a Service with
+// dnsRecords emulates cluster DNS the way CoreDNS answers from
+// EndpointSlices. Headless Services: `<hostname>.<service>.<namespace>.svc`
+// and `<service>.<namespace>.svc` for every ready endpoint (a Service with
 // publishNotReadyAddresses has every endpoint marked ready by the
-// EndpointSlice controller). Services with a ClusterIP are left out: no
-// proxy here makes a ClusterIP reachable.
+// EndpointSlice controller). ClusterIP Services: no proxy here makes a
+// ClusterIP reachable, so `<service>.<namespace>.svc` names one ready
+// endpoint instead (see clusterIPTarget), which is where kube-proxy would
+// have sent the connection.
 type dnsRecord struct {
 	ip        string
 	namespace string
@@ -179,38 +184,118 @@ func (k *kubelet) dnsRecords() []dnsRecord {
 	if err != nil {
 		return nil
 	}
-	var records []dnsRecord
+	byService := map[types.NamespacedName][]*discoveryv1.EndpointSlice{}
 	for _, s := range slices {
 		svcName := s.Labels[discoveryv1.LabelServiceName]
 		if svcName == "" || s.AddressType != discoveryv1.AddressTypeIPv4 {
 			continue
 		}
-		svc, err := k.services.Services(s.Namespace).Get(svcName)
-		if err != nil || svc.Spec.ClusterIP != v1.ClusterIPNone {
+		key := types.NamespacedName{Namespace: s.Namespace, Name: svcName}
+		byService[key] = append(byService[key], s)
+	}
+	var records []dnsRecord
+	for key, slices := range byService {
+		svc, err := k.services.Services(key.Namespace).Get(key.Name)
+		if err != nil {
 			continue
 		}
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
-			for _, ip := range e.Addresses {
-				records = append(records, dnsRecord{ip: ip, namespace: s.Namespace, service: svcName})
-				if e.Hostname != nil && *e.Hostname != "" {
-					records = append(records, dnsRecord{ip: ip, namespace: s.Namespace, service: svcName, hostname: *e.Hostname})
+		records = append(records, serviceRecords(svc, slices)...)
+	}
+	return records
+}
+
+// serviceRecords are the hosts records of one Service from its
+// EndpointSlices (see dnsRecords).
+func serviceRecords(svc *v1.Service, slices []*discoveryv1.EndpointSlice) []dnsRecord {
+	var records []dnsRecord
+	switch {
+	case svc.Spec.ClusterIP == v1.ClusterIPNone:
+		for _, s := range slices {
+			for _, e := range s.Endpoints {
+				if !endpointReady(e) {
+					continue
+				}
+				for _, ip := range e.Addresses {
+					records = append(records, dnsRecord{ip: ip, namespace: svc.Namespace, service: svc.Name})
+					if e.Hostname != nil && *e.Hostname != "" {
+						records = append(records, dnsRecord{ip: ip, namespace: svc.Namespace, service: svc.Name, hostname: *e.Hostname})
+					}
 				}
 			}
+		}
+	case svc.Spec.Type == v1.ServiceTypeClusterIP || svc.Spec.Type == "":
+		if ip, ok := clusterIPTarget(svc, slices); ok {
+			records = append(records, dnsRecord{ip: ip, namespace: svc.Namespace, service: svc.Name})
 		}
 	}
 	return records
 }
 
+// endpointReady follows the EndpointSlice API: an unset ready condition
+// means ready.
+func endpointReady(e discoveryv1.Endpoint) bool {
+	return e.Conditions.Ready == nil || *e.Conditions.Ready
+}
+
+// clusterIPTarget picks the endpoint a ClusterIP Service's name stands for
+// here: the lowest ready address (stable while it stays ready), and only
+// when every Service port reaches the same port number on the endpoint. A
+// client dials the Service's port; with no proxy to translate a different
+// targetPort, that name would lead to the wrong port, so it is left
+// unresolved (failing at once) rather than made to lie.
+func clusterIPTarget(svc *v1.Service, slices []*discoveryv1.EndpointSlice) (string, bool) {
+	var best string
+	for _, s := range slices {
+		if !portsMatch(svc.Spec.Ports, s.Ports) {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if !endpointReady(e) {
+				continue
+			}
+			for _, ip := range e.Addresses {
+				if best == "" || ipLess(ip, best) {
+					best = ip
+				}
+			}
+		}
+	}
+	return best, best != ""
+}
+
+// portsMatch: every Service port appears in the slice (by name) with the
+// same number as the Service's port.
+func portsMatch(ports []v1.ServicePort, slicePorts []discoveryv1.EndpointPort) bool {
+	for _, p := range ports {
+		found := false
+		for _, sp := range slicePorts {
+			if ptr.Deref(sp.Name, "") == p.Name && sp.Port != nil && *sp.Port == p.Port {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// ipLess orders dotted IPv4 addresses numerically.
+func ipLess(a, b string) bool {
+	pa, pb := net.ParseIP(a).To4(), net.ParseIP(b).To4()
+	if pa == nil || pb == nil {
+		return a < b
+	}
+	return bytes.Compare(pa, pb) < 0
+}
+
 // hostsFile is the pod's /etc/hosts: what a kubelet writes (localhost and
-// the pod's own names) followed by the headless-Service records, each under
+// the pod's own names) followed by the Service records, each under
 // every name a pod of that namespace could look up through the search path
 // `<ns>.svc.cluster.local svc.cluster.local cluster.local`.
 func hostsFile(pod *v1.Pod, ip string, records []dnsRecord) string {
 	var b strings.Builder
-	b.WriteString("# Written by witan-e2e-kubelet: the kubelet's entries, then headless-Service records (cluster DNS emulated).\n")
+	b.WriteString("# Written by witan-e2e-kubelet: the kubelet's entries, then Service records (cluster DNS emulated).\n")
 	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	hostname := podHostname(pod)
 	if pod.Spec.Subdomain != "" {

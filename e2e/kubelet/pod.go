@@ -52,6 +52,7 @@ type podWorker struct {
 	prepareErr  string
 	mounts      []bind // the pod's volumes, by mount
 	volumes     map[string]volume
+	inits       []*container // init containers, run one after another before containers
 	containers  []*container
 	startTime   *metav1.Time
 	written     *v1.PodStatus
@@ -65,10 +66,32 @@ func newPodWorker(k *kubelet, pod *v1.Pod) *podWorker {
 		dir:        filepath.Join(k.cfg.dir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID)),
 		conditions: map[v1.PodConditionType]v1.PodCondition{},
 	}
+	for i := range pod.Spec.InitContainers {
+		w.inits = append(w.inits, newContainer(&pod.Spec.InitContainers[i]))
+	}
 	for i := range pod.Spec.Containers {
-		w.containers = append(w.containers, newContainer(&pod.Spec.Containers[i]))
+		c := newContainer(&pod.Spec.Containers[i])
+		if len(w.inits) > 0 {
+			c.waiting.Reason = "PodInitializing" // what a kubelet reports until the inits are done
+		}
+		w.containers = append(w.containers, c)
 	}
 	return w
+}
+
+// all is every container of the pod, init containers first.
+func (w *podWorker) all() []*container {
+	return append(append([]*container{}, w.inits...), w.containers...)
+}
+
+// unsupported says why the process kubelet cannot run the pod, if it cannot.
+func unsupported(pod *v1.Pod) string {
+	for _, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == v1.ContainerRestartPolicyAlways {
+			return fmt.Sprintf("init container %q is a sidecar (restartPolicy Always): the process kubelet does not run sidecars", c.Name)
+		}
+	}
+	return ""
 }
 
 func (w *podWorker) key() string {
@@ -100,7 +123,7 @@ func (w *podWorker) run() {
 		select {
 		case <-w.shutdown:
 			var wg sync.WaitGroup
-			for _, c := range w.containers {
+			for _, c := range w.all() {
 				wg.Add(1)
 				go func() { defer wg.Done(); c.kill(shutdownGrace) }()
 			}
@@ -131,8 +154,8 @@ func (w *podWorker) run() {
 func (w *podWorker) syncPod() bool {
 	pod := w.pod
 	if !w.prepared {
-		if len(pod.Spec.InitContainers) > 0 {
-			w.prepareErr = "the process kubelet does not run init containers"
+		if why := unsupported(pod); why != "" {
+			w.prepareErr = why
 		} else if err := w.prepare(); err != nil {
 			w.prepareErr = err.Error()
 			log.Printf("%s: preparing: %v", w.key(), err)
@@ -140,7 +163,7 @@ func (w *podWorker) syncPod() bool {
 			w.prepared, w.prepareErr = true, ""
 		}
 	}
-	if w.prepared {
+	if w.prepared && w.syncInits() == initsDone {
 		for _, c := range w.containers {
 			w.syncContainer(c)
 		}
@@ -148,6 +171,49 @@ func (w *podWorker) syncPod() bool {
 	status := w.status()
 	w.writeStatus(status)
 	return status.Phase == v1.PodSucceeded || status.Phase == v1.PodFailed
+}
+
+type initState int
+
+const (
+	initsRunning initState = iota // an init container runs or waits to (re)start
+	initsDone                     // every init container exited 0
+	initsFailed                   // one failed and the pod's restartPolicy is Never
+)
+
+// initProgress is where a pod's init containers stand: each must exit 0,
+// in order, before the next starts (pure, for the decision alone).
+func initProgress(exited []bool, exitCodes []int32, policy v1.RestartPolicy) (state initState, next int) {
+	for i := range exited {
+		switch {
+		case !exited[i]:
+			return initsRunning, i
+		case exitCodes[i] != 0 && policy == v1.RestartPolicyNever:
+			return initsFailed, i
+		case exitCodes[i] != 0:
+			return initsRunning, i
+		}
+	}
+	return initsDone, len(exited)
+}
+
+func (w *podWorker) initState() (initState, int) {
+	exited := make([]bool, len(w.inits))
+	codes := make([]int32, len(w.inits))
+	for i, c := range w.inits {
+		exited[i], codes[i] = c.exited() && !c.running(), c.lastExitCode()
+	}
+	return initProgress(exited, codes, w.pod.Spec.RestartPolicy)
+}
+
+// syncInits starts, restarts (after a back-off) or waits for the next init
+// container, and reports where the init containers stand.
+func (w *podWorker) syncInits() initState {
+	state, next := w.initState()
+	if state == initsRunning && !w.terminating {
+		w.syncContainer(w.inits[next])
+	}
+	return state
 }
 
 func (w *podWorker) syncContainer(c *container) {
@@ -183,6 +249,11 @@ func (w *podWorker) shouldRestart(c *container) bool {
 	if w.terminating {
 		return false // a pod being deleted ends Succeeded or Failed, as with a kubelet
 	}
+	if w.isInit(c) {
+		// An init container that succeeded is done for good; a failed one
+		// runs again unless the pod never restarts.
+		return c.lastExitCode() != 0 && w.pod.Spec.RestartPolicy != v1.RestartPolicyNever
+	}
 	switch w.pod.Spec.RestartPolicy {
 	case v1.RestartPolicyNever:
 		return false
@@ -190,6 +261,15 @@ func (w *podWorker) shouldRestart(c *container) bool {
 		return c.lastExitCode() != 0
 	}
 	return true
+}
+
+func (w *podWorker) isInit(c *container) bool {
+	for _, i := range w.inits {
+		if i == c {
+			return true
+		}
+	}
+	return false
 }
 
 // terminate stops every container (SIGTERM, SIGKILL after the deletion's
@@ -209,7 +289,7 @@ func (w *podWorker) terminate(gone bool) {
 	w.terminating = true
 	log.Printf("%s: terminating (grace %s)", w.key(), grace)
 	var wg sync.WaitGroup
-	for _, c := range w.containers {
+	for _, c := range w.all() {
 		wg.Add(1)
 		go func() { defer wg.Done(); c.kill(grace) }()
 	}
@@ -237,7 +317,7 @@ func (w *podWorker) cleanup() {
 	w.mu.Lock()
 	w.hostIP = "" // refreshHosts must not recreate what is removed below
 	w.mu.Unlock()
-	for _, c := range w.containers {
+	for _, c := range w.all() {
 		c.kill(0)
 	}
 	if w.netns != "" {
@@ -278,13 +358,24 @@ func (w *podWorker) status() v1.PodStatus {
 			failed++
 		}
 	}
+	for _, c := range w.inits {
+		cs := c.status()
+		// An init container counts as ready once it has succeeded, as the kubelet reports it.
+		cs.Ready = cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0
+		s.InitContainerStatuses = append(s.InitContainerStatuses, cs)
+	}
+	inits, _ := w.initState()
 	n := len(w.containers)
 	switch {
 	case w.prepareErr != "" && !w.prepared:
 		s.Reason, s.Message = "", w.prepareErr
-		if len(pod.Spec.InitContainers) > 0 {
+		if unsupported(pod) != "" {
 			s.Phase, s.Reason = v1.PodFailed, "Unsupported"
 		}
+	case inits == initsFailed:
+		s.Phase = v1.PodFailed
+	case inits == initsRunning:
+		// Pending while initializing, as with a kubelet.
 	case running > 0 || restarting > 0:
 		if running+restarting+succeeded+failed == n {
 			s.Phase = v1.PodRunning
@@ -312,7 +403,7 @@ func (w *podWorker) status() v1.PodStatus {
 	}
 	ready := allReady && s.Phase == v1.PodRunning
 	w.setCondition(v1.PodReadyToStartContainers, boolCond(w.prepared))
-	w.setCondition(v1.PodInitialized, boolCond(len(pod.Spec.InitContainers) == 0))
+	w.setCondition(v1.PodInitialized, boolCond(inits == initsDone))
 	w.setCondition(v1.ContainersReady, boolCond(ready))
 	w.setCondition(v1.PodReady, boolCond(ready && gatesOK))
 	// Conditions others own (PodScheduled, readiness gates) stay as they are.

@@ -40,7 +40,7 @@ type execSpec struct {
 }
 
 // execSpec resolves the container's mounts, user and root.
-func (w *podWorker) execSpec(c *container, entry, binary string, argv, env []string) (*execSpec, error) {
+func (w *podWorker) execSpec(c *container, entry, binary, terminationLog string, argv, env []string) (*execSpec, error) {
 	pod := w.pod
 	s := &execSpec{
 		Netns:    "/run/netns/" + w.netns,
@@ -110,6 +110,9 @@ func (w *podWorker) execSpec(c *container, entry, binary string, argv, env []str
 	s.Groups = append(s.Groups, psc.SupplementalGroups...)
 	s.ReadOnlyRoot = csc.ReadOnlyRootFilesystem != nil && *csc.ReadOnlyRootFilesystem
 	s.NoNewPrivs = csc.AllowPrivilegeEscalation != nil && !*csc.AllowPrivilegeEscalation
+	// After the volumes: like a kubelet's, a termination log path inside a
+	// volume is this container's own file mounted over the volume's.
+	s.Binds = append(s.Binds, bind{Src: terminationLog, Dst: terminationMessagePath(c.spec)})
 	c.mu.Lock()
 	c.uid, c.gid = s.UID, s.GID
 	c.mu.Unlock()
@@ -197,7 +200,7 @@ func podExecMain(args []string) error {
 }
 
 // buildRoot makes a tmpfs the container's root: this machine's /usr and
-// /etc read-only, /proc, /dev and /sys, the image's binary at its entry
+// /etc read-only, /proc, a private /dev (buildDev) and /sys, the image's binary at its entry
 // path, the pod's /etc files and volumes; then pivots into it.
 func buildRoot(s *execSpec) error {
 	root := s.Rootfs
@@ -249,7 +252,7 @@ func buildRoot(s *execSpec) error {
 	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("proc: %w", err)
 	}
-	if err := unix.Mount("/dev", filepath.Join(root, "dev"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	if err := buildDev(filepath.Join(root, "dev")); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
 	if err := bindRO("/sys", filepath.Join(root, "sys")); err != nil {
@@ -320,4 +323,52 @@ func lookPath(name string, env []string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: not found in PATH", name)
+}
+
+// devNodes are the device nodes a container runtime gives every container
+// (runc's default set), bound from this machine's /dev.
+var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// buildDev makes the container's own /dev, as a runtime does: a tmpfs with
+// the usual device nodes, a private devpts instance, /dev/shm and the fd
+// links. Being private, files written there (the termination log) are the
+// container's alone.
+func buildDev(dev string) error {
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_STRICTATIME, "mode=755,size=65536k"); err != nil {
+		return fmt.Errorf("tmpfs: %w", err)
+	}
+	for _, name := range devNodes {
+		dst := filepath.Join(dev, name)
+		f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o666)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		if err := unix.Mount("/dev/"+name, dst, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", name, err)
+		}
+	}
+	pts := filepath.Join(dev, "pts")
+	if err := os.Mkdir(pts, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("devpts", pts, "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("devpts: %w", err)
+	}
+	shm := filepath.Join(dev, "shm")
+	if err := os.Mkdir(shm, 0o1777); err != nil {
+		return err
+	}
+	if err := unix.Mount("shm", shm, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+		return fmt.Errorf("shm: %w", err)
+	}
+	for name, target := range map[string]string{
+		"ptmx": "pts/ptmx", "fd": "/proc/self/fd",
+		"stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2",
+	} {
+		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
