@@ -278,8 +278,18 @@ scheduled_backup_lands() {
     kubectl -n "$BACKUP_NS" wait --for=condition=BackupReady kvc/kvb --timeout=30s >/dev/null
 }
 
+# "key create_revision mod_revision version" of each backup/ key, then the
+# store's revision, on one line.
+kv_revisions() { # pod IP
+    etcdctl --endpoints "http://$1:2379" get backup/ --prefix -w json | python3 -c '
+import base64, json, sys
+r = json.load(sys.stdin)
+kvs = ["%s %d %d %d" % (base64.b64decode(kv["key"]).decode(), kv["create_revision"], kv["mod_revision"], kv["version"]) for kv in r.get("kvs", [])]
+print("; ".join(kvs + ["revision %d" % r["header"]["revision"]]))'
+}
+
 # A new KvCluster bootstraps from the latest backup of kvb: same keys and
-# values, and its revision continues from the backup's.
+# values, create/mod revisions and versions, and the store's revision.
 restored_cluster_has_the_data() {
     printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kvr, namespace: %s}\nspec: {replicas: 1, bootstrap: {restore: {name: latest, sourceCluster: kvb, source: {pvc: {claimName: kv-backups, subPath: kvb}}}}}\n' "$BACKUP_NS" |
         kubectl apply -f - >/dev/null || return 1
@@ -288,6 +298,12 @@ restored_cluster_has_the_data() {
     ip=$(backup_ip kvr-0)
     got=$(etcdctl --endpoints "http://$ip:2379" get backup/ --prefix --print-value-only | tr '\n' ' ')
     [ "$got" = "one two " ] || { echo "  restored values: '$got'"; return 1; }
+    # The same revisions: each key's create/mod revision and version, and
+    # the store's revision is the backup's (nothing was written since).
+    local source restored
+    source=$(kv_revisions "$(backup_ip kvb-0)") && restored=$(kv_revisions "$ip") || return 1
+    echo "  revisions (key create mod version; store): $restored"
+    [ "$restored" = "$source" ] || { echo "  source cluster: $source"; return 1; }
     kubectl -n "$BACKUP_NS" wait --for=condition=Restored kvc/kvr --timeout=60s >/dev/null ||
         { echo "  Restored: $(kubectl -n "$BACKUP_NS" get kvc kvr -o jsonpath='{.status.conditions}')"; return 1; }
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -39,5 +41,28 @@ func TestSidecarsAreRefused(t *testing.T) {
 	pod.Spec.InitContainers = pod.Spec.InitContainers[:1]
 	if why := unsupported(pod); why != "" {
 		t.Errorf("a plain init container is refused: %s", why)
+	}
+}
+
+func TestSubPathTakesTheVolumeRootsMode(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o775|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(root, "kvb", "daily")
+	if err := makeSubPath(root, sub); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(root, "kvb"), sub} {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o775 || fi.Mode()&os.ModeSetgid == 0 {
+			t.Errorf("%s: mode %v, want group-writable setgid like the root", dir, fi.Mode())
+		}
+	}
+	if err := makeSubPath(root, sub); err != nil { // existing: nothing to do
+		t.Error(err)
 	}
 }

@@ -72,10 +72,8 @@ func (w *podWorker) execSpec(c *container, entry, binary, terminationLog string,
 			if !strings.HasPrefix(src, vol.path+"/") {
 				return nil, fmt.Errorf("volumeMount %q: subPath leaves the volume", m.Name)
 			}
-			if _, err := os.Stat(src); os.IsNotExist(err) {
-				if err := os.MkdirAll(src, 0o755); err != nil {
-					return nil, err
-				}
+			if err := makeSubPath(vol.path, src); err != nil {
+				return nil, fmt.Errorf("volumeMount %q: subPath: %w", m.Name, err)
 			}
 		}
 		s.Binds = append(s.Binds, bind{Src: src, Dst: m.MountPath, ReadOnly: m.ReadOnly || vol.readOnly})
@@ -117,6 +115,40 @@ func (w *podWorker) execSpec(c *container, entry, binary, terminationLog string,
 	c.uid, c.gid = s.UID, s.GID
 	c.mu.Unlock()
 	return s, nil
+}
+
+// makeSubPath creates a missing subPath directory as the kubelet does: with
+// the mode of the volume's root (so a volume the pod's fsGroup may write
+// stays writable below the subPath), its group inherited through the
+// root's setgid bit.
+func makeSubPath(volumeRoot, path string) error {
+	if _, err := os.Stat(path); err == nil || !os.IsNotExist(err) {
+		return err
+	}
+	root, err := os.Stat(volumeRoot)
+	if err != nil {
+		return err
+	}
+	mode := root.Mode() & (os.ModePerm | os.ModeSetgid | os.ModeSticky)
+	rel, err := filepath.Rel(volumeRoot, path)
+	if err != nil {
+		return err
+	}
+	dir := volumeRoot
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		dir = filepath.Join(dir, part)
+		if err := os.Mkdir(dir, mode.Perm()); err != nil {
+			if os.IsExist(err) {
+				continue
+			}
+			return err
+		}
+		// Mkdir honours neither the umask-free mode nor setgid/sticky bits.
+		if err := os.Chmod(dir, mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func podExec(args []string) {
