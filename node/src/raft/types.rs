@@ -7,7 +7,6 @@
 //! request and the apply path needs no second schema.
 
 use std::fmt;
-use std::io::Cursor;
 
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -96,7 +95,9 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file in the member's snap dir: snapshots are streamed to and
+        // from disk, never held whole in memory.
+        SnapshotData = crate::storage::snapshot_file::RaftSnapshotFile,
 );
 
 pub type NodeId = u64;

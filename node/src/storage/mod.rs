@@ -16,6 +16,9 @@ pub mod hash;
 pub mod log_store;
 pub mod restore;
 pub mod snapshot;
+pub mod snapshot_file;
+pub mod snapshot_rows;
+pub mod snapshot_stream;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};

@@ -1,16 +1,16 @@
-//! The Raft snapshot image: every state-machine table at one applied log
-//! id, serialized with MessagePack. A member that fell behind the purged
-//! log is brought up to date by installing it.
+//! The snapshot image: every state-machine table at one applied log id,
+//! held in memory and serialized with MessagePack. `witan snapshot save`
+//! files (`backup.rs`) and the `Hash` RPC use it; Raft snapshots no longer
+//! do: they stream the same rows to a file (`snapshot_stream.rs`).
 
 use prost::Message;
-use redb::{ReadableTable, WriteTransaction};
+use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{
-    ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError,
-    meta_i64, meta_key,
-};
+use super::snapshot_rows::{TableLoader, visit_rows};
+use super::snapshot_stream::Row;
+use super::{META, StorageError, meta_i64, meta_key};
 use crate::proto::witanpb::LeaseRecord;
 
 /// Version of the image layout; a member refuses images it does not know.
@@ -48,48 +48,75 @@ impl SnapshotImage {
             compact_revision: meta_i64(&meta, meta_key::COMPACT_REVISION)?,
             ..Default::default()
         };
-        for item in txn.open_table(KV_LATEST)?.iter()? {
-            let (k, v) = item?;
-            image
-                .latest
-                .push((ByteBuf::from(k.value()), ByteBuf::from(v.value())));
-        }
-        for item in txn.open_table(KV_HISTORY)?.iter()? {
-            let (k, v) = item?;
-            let (key, rev) = k.value();
-            image
-                .history
-                .push((ByteBuf::from(key), rev, ByteBuf::from(v.value())));
-        }
-        for item in txn.open_table(KV_REVS)?.iter()? {
-            let (k, v) = item?;
-            let (rev, sub) = k.value();
-            image.revs.push((rev, sub, ByteBuf::from(v.value())));
-        }
-        for item in txn.open_table(LEASES)?.iter()? {
-            let (k, v) = item?;
-            image.leases.push((k.value(), ByteBuf::from(v.value())));
-        }
-        for item in txn.open_table(LEASE_KEYS)?.iter()? {
-            let (k, _) = item?;
-            let (id, key) = k.value();
-            image.lease_keys.push((id, ByteBuf::from(key)));
-        }
-        for item in txn.open_table(MEMBERS)?.iter()? {
-            let (k, v) = item?;
-            image.members.push((k.value(), ByteBuf::from(v.value())));
-        }
-        for item in txn.open_table(ALARMS)?.iter()? {
-            let (k, _) = item?;
-            image.alarms.push(k.value());
-        }
-        for item in txn.open_table(AUTH)?.iter()? {
-            let (k, v) = item?;
-            image
-                .auth
-                .push((k.value().to_string(), ByteBuf::from(v.value())));
-        }
+        visit_rows(txn, |row| {
+            image.push(&row);
+            Ok::<_, StorageError>(())
+        })?;
         Ok(image)
+    }
+
+    fn push(&mut self, row: &Row<'_>) {
+        let buf = ByteBuf::from;
+        match *row {
+            Row::Latest { key, value } => self.latest.push((buf(key), buf(value))),
+            Row::History {
+                key,
+                revision,
+                value,
+            } => self.history.push((buf(key), revision, buf(value))),
+            Row::Revs { revision, sub, key } => self.revs.push((revision, sub, buf(key))),
+            Row::Lease { id, record } => self.leases.push((id, buf(record))),
+            Row::LeaseKey { id, key } => self.lease_keys.push((id, buf(key))),
+            Row::Member { id, attributes } => self.members.push((id, buf(attributes))),
+            Row::Alarm { member, alarm } => self.alarms.push((member, alarm)),
+            Row::Auth { name, value } => self.auth.push((name.to_string(), buf(value))),
+        }
+    }
+
+    /// Every row of the image, table by table.
+    fn rows(&self) -> impl Iterator<Item = Row<'_>> {
+        let latest = self
+            .latest
+            .iter()
+            .map(|(k, v)| Row::Latest { key: k, value: v });
+        let history = self.history.iter().map(|(k, rev, v)| Row::History {
+            key: k,
+            revision: *rev,
+            value: v,
+        });
+        let revs = self.revs.iter().map(|(rev, sub, k)| Row::Revs {
+            revision: *rev,
+            sub: *sub,
+            key: k,
+        });
+        let leases = self
+            .leases
+            .iter()
+            .map(|(id, v)| Row::Lease { id: *id, record: v });
+        let lease_keys = self
+            .lease_keys
+            .iter()
+            .map(|(id, k)| Row::LeaseKey { id: *id, key: k });
+        let members = self.members.iter().map(|(id, v)| Row::Member {
+            id: *id,
+            attributes: v,
+        });
+        let alarms = self
+            .alarms
+            .iter()
+            .map(|&(member, alarm)| Row::Alarm { member, alarm });
+        let auth = self
+            .auth
+            .iter()
+            .map(|(k, v)| Row::Auth { name: k, value: v });
+        latest
+            .chain(history)
+            .chain(revs)
+            .chain(leases)
+            .chain(lease_keys)
+            .chain(members)
+            .chain(alarms)
+            .chain(auth)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -110,53 +137,11 @@ impl SnapshotImage {
 
     /// Replaces every state-machine table with the image's content.
     pub fn restore(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
-        let mut latest = txn.open_table(KV_LATEST)?;
-        latest.retain(|_, _| false)?;
-        for (k, v) in &self.latest {
-            latest.insert(k.as_slice(), v.as_slice())?;
+        let mut tables = TableLoader::open_emptied(txn)?;
+        for row in self.rows() {
+            tables.insert(&row)?;
         }
-        let mut history = txn.open_table(KV_HISTORY)?;
-        history.retain(|_, _| false)?;
-        for (k, rev, v) in &self.history {
-            history.insert((k.as_slice(), *rev), v.as_slice())?;
-        }
-        let mut revs = txn.open_table(KV_REVS)?;
-        revs.retain(|_, _| false)?;
-        for (rev, sub, k) in &self.revs {
-            revs.insert((*rev, *sub), k.as_slice())?;
-        }
-        let mut leases = txn.open_table(LEASES)?;
-        leases.retain(|_, _| false)?;
-        for (id, v) in &self.leases {
-            leases.insert(*id, v.as_slice())?;
-        }
-        let mut lease_keys = txn.open_table(LEASE_KEYS)?;
-        lease_keys.retain(|_, _| false)?;
-        for (id, k) in &self.lease_keys {
-            lease_keys.insert((*id, k.as_slice()), ())?;
-        }
-        let mut members = txn.open_table(MEMBERS)?;
-        members.retain(|_, _| false)?;
-        for (id, v) in &self.members {
-            members.insert(*id, v.as_slice())?;
-        }
-        let mut alarms = txn.open_table(ALARMS)?;
-        alarms.retain(|_, _| false)?;
-        for pair in &self.alarms {
-            alarms.insert(*pair, ())?;
-        }
-        let mut auth = txn.open_table(AUTH)?;
-        auth.retain(|_, _| false)?;
-        for (k, v) in &self.auth {
-            auth.insert(k.as_str(), v.as_slice())?;
-        }
-        let mut meta = txn.open_table(META)?;
-        meta.insert(meta_key::REVISION, self.revision.to_le_bytes().as_slice())?;
-        meta.insert(
-            meta_key::COMPACT_REVISION,
-            self.compact_revision.to_le_bytes().as_slice(),
-        )?;
-        Ok(())
+        tables.set_revisions(self.revision, self.compact_revision)
     }
 
     /// (id, TTL) of every lease in the image.

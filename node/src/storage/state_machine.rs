@@ -1,7 +1,8 @@
 //! The replicated state machine (openraft's `RaftStateMachine`): applies
 //! committed batches to the MVCC tables, builds and installs snapshots.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,9 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
 use redb::{Durability, ReadableTable};
 
-use super::snapshot::SnapshotImage;
+use super::snapshot_file::{RaftSnapshotFile, SnapDir, TempPath};
+use super::snapshot_rows::{TableLoader, visit_rows};
+use super::snapshot_stream::{StreamError, StreamHeader, StreamReader, StreamWriter};
 use super::{
     ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT,
     Store, blocking, inline, meta_i64, meta_key, meta_rmp, to_rmp,
@@ -37,6 +40,8 @@ use crate::raft::types::{
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
+    /// `<data-dir>/member/snap`: the Raft snapshot files.
+    snap: SnapDir,
     hub: ApplyHub,
     lessor: Arc<Lessor>,
     /// The member's in-memory auth state, replaced when an apply or a
@@ -61,16 +66,54 @@ impl StateMachine {
         lessor: Arc<Lessor>,
         auth: Arc<AuthStore>,
     ) -> Result<Self, super::StorageError> {
+        let snap_dir = match store.path().parent() {
+            Some(member_dir) => member_dir.join("snap"),
+            None => std::path::PathBuf::from("snap"),
+        };
+        let snap = SnapDir::open(snap_dir.clone()).map_err(|source| super::StorageError::Io {
+            path: snap_dir,
+            source,
+        })?;
         let sm = StateMachine {
             store,
+            snap,
             hub,
             lessor,
             auth,
             commit_timer: None,
         };
+        sm.drop_legacy_snapshot()?;
         let leases = sm.lease_ttls()?;
         sm.lessor.reset(leases, Instant::now());
         Ok(sm)
+    }
+
+    /// Empties redb's `snapshot` table, where snapshots lived before they
+    /// became files: a data dir from an older build may hold a whole image
+    /// there, which nothing reads any more.
+    fn drop_legacy_snapshot(&self) -> Result<(), super::StorageError> {
+        let has_rows = {
+            let txn = self.store.db().begin_read()?;
+            match txn.open_table(SNAPSHOT) {
+                Ok(table) => table.first()?.is_some(),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if has_rows {
+            let txn = self.store.db().begin_write()?;
+            txn.delete_table(SNAPSHOT)?;
+            txn.commit()?;
+            tracing::info!("removed the snapshot kept in redb by an older build");
+        }
+        Ok(())
+    }
+
+    fn io_err(&self, source: std::io::Error) -> super::StorageError {
+        super::StorageError::Io {
+            path: self.snap.path().to_path_buf(),
+            source,
+        }
     }
 
     /// Times each apply commit into `histogram` (etcd's backend commit).
@@ -93,10 +136,7 @@ impl StateMachine {
 
     fn applied(&self) -> Result<(Option<LogId>, StoredMembership), super::StorageError> {
         let txn = self.store.db().begin_read()?;
-        let meta = txn.open_table(META)?;
-        let applied: Option<LogId> = meta_rmp(&meta, meta_key::APPLIED)?;
-        let membership: Option<StoredMembership> = meta_rmp(&meta, meta_key::MEMBERSHIP)?;
-        Ok((applied, membership.unwrap_or_default()))
+        applied_in(&txn)
     }
 
     fn apply_entries(
@@ -203,17 +243,12 @@ impl StateMachine {
         Ok(responses)
     }
 
+    /// Streams every state-machine table, as of one read transaction, to a
+    /// new snapshot file, one row at a time.
     fn build(&self) -> Result<Snapshot, super::StorageError> {
+        let (file, temp) = self.snap.create_temp().map_err(|e| self.io_err(e))?;
         let txn = self.store.db().begin_read()?;
-        let (applied, membership) = {
-            let meta = txn.open_table(META)?;
-            let applied: Option<LogId> = meta_rmp(&meta, meta_key::APPLIED)?;
-            let membership: Option<StoredMembership> = meta_rmp(&meta, meta_key::MEMBERSHIP)?;
-            (applied, membership.unwrap_or_default())
-        };
-        let image = SnapshotImage::capture(&txn)?;
-        drop(txn);
-        let data = image.encode();
+        let (applied, membership) = applied_in(&txn)?;
         let snapshot_id = match applied {
             Some(id) => format!(
                 "{}-{}-{}",
@@ -228,30 +263,105 @@ impl StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        self.save_snapshot(&meta, &data)?;
+        let header = {
+            let table = txn.open_table(META)?;
+            StreamHeader {
+                revision: meta_i64(&table, meta_key::REVISION)?,
+                compact_revision: meta_i64(&table, meta_key::COMPACT_REVISION)?,
+                meta: meta.clone(),
+            }
+        };
+        let mut file = self.write_stream(&txn, &header, file)?;
+        drop(txn);
+        // Durability rule: openraft purges the log up to this snapshot's
+        // last log id as soon as this returns, but applies commit with
+        // `Durability::None`, so the applies up to it may exist only in
+        // memory. One durable commit after the read transaction above makes
+        // every apply it saw durable, so a crash never leaves the state
+        // machine behind a log that no longer holds the entries between.
+        self.commit_durably()?;
+        self.snap
+            .publish(temp, applied)
+            .map_err(|e| self.io_err(e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| self.io_err(e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(RaftSnapshotFile::complete(file)),
         })
     }
 
-    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), super::StorageError> {
-        let txn = self.store.db().begin_write()?;
-        {
-            let mut table = txn.open_table(SNAPSHOT)?;
-            table.insert("meta", to_rmp(meta).as_slice())?;
-            table.insert("data", data)?;
-        }
+    /// Writes the stream of `txn`'s rows to `file` and fsyncs it.
+    fn write_stream(
+        &self,
+        txn: &redb::ReadTransaction,
+        header: &StreamHeader,
+        file: File,
+    ) -> Result<File, super::StorageError> {
+        let mut writer =
+            StreamWriter::new(BufWriter::with_capacity(STREAM_BUFFER_BYTES, file), header)
+                .map_err(|e| self.io_err(e))?;
+        visit_rows(txn, |row| writer.row(&row).map_err(|e| self.io_err(e)))?;
+        let file = writer
+            .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .map_err(|e| self.io_err(e))?;
+        file.sync_all().map_err(|e| self.io_err(e))?;
+        Ok(file)
+    }
+
+    /// An empty commit with `Durability::Immediate`: makes every earlier
+    /// non-durable commit durable.
+    fn commit_durably(&self) -> Result<(), super::StorageError> {
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
         txn.commit()?;
         Ok(())
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), super::StorageError> {
-        let image = SnapshotImage::decode(&data)?;
-        let txn = self.store.db().begin_write()?;
-        image.restore(&txn)?;
+    /// Replaces every state-machine table with the rows of a received
+    /// snapshot file in one durable transaction, then keeps the file as
+    /// the current snapshot. A bad file (truncated, corrupt, another
+    /// snapshot than `meta`) is refused and the store is left as it was.
+    fn install(
+        &self,
+        meta: &SnapshotMeta,
+        file: File,
+        temp: Option<TempPath>,
+    ) -> Result<(), super::StorageError> {
+        // The received bytes must be on disk before the store depends on
+        // them being the current snapshot.
+        file.sync_all().map_err(|e| self.io_err(e))?;
+        let stream_err = |e: StreamError| super::StorageError::corrupt("Raft snapshot", e);
+        let (mut reader, header) =
+            StreamReader::open(BufReader::with_capacity(STREAM_BUFFER_BYTES, file))
+                .map_err(stream_err)?;
+        if header.meta.last_log_id != meta.last_log_id
+            || header.meta.snapshot_id != meta.snapshot_id
         {
-            let mut table = txn.open_table(META)?;
+            return Err(super::StorageError::corrupt(
+                "Raft snapshot",
+                format!(
+                    "the file holds snapshot {} at {:?}, expected {} at {:?}",
+                    header.meta.snapshot_id,
+                    header.meta.last_log_id,
+                    meta.snapshot_id,
+                    meta.last_log_id
+                ),
+            ));
+        }
+        let mut txn = self.store.db().begin_write()?;
+        // Durable for the same reason as `build`: the log is purged up to
+        // this snapshot once it is installed.
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| super::StorageError::corrupt("durability", e))?;
+        {
+            let mut tables = TableLoader::open_emptied(&txn)?;
+            while let Some(row) = reader.next_row().map_err(stream_err)? {
+                tables.insert(&row)?;
+            }
+            tables.set_revisions(header.revision, header.compact_revision)?;
+            let table = tables.meta();
             if let Some(applied) = meta.last_log_id {
                 table.insert(meta_key::APPLIED, to_rmp(&applied).as_slice())?;
             }
@@ -259,38 +369,61 @@ impl StateMachine {
                 meta_key::MEMBERSHIP,
                 to_rmp(&meta.last_membership).as_slice(),
             )?;
-            let mut snap = txn.open_table(SNAPSHOT)?;
-            snap.insert("meta", to_rmp(meta).as_slice())?;
-            snap.insert("data", data.as_slice())?;
         }
         txn.commit()?;
-        self.lessor.reset(image.lease_ttls()?, Instant::now());
+        if let Some(temp) = temp {
+            self.snap
+                .publish(temp, meta.last_log_id)
+                .map_err(|e| self.io_err(e))?;
+        }
+        self.lessor.reset(self.lease_ttls()?, Instant::now());
         let txn = self.store.db().begin_read()?;
         let auth_state = auth::load(&txn)?;
         drop(txn);
         self.auth.install(Arc::new(auth_state));
         self.hub.publish(ApplyNotice {
-            revision: image.revision,
+            revision: header.revision,
             events: Vec::new(),
             reset: true,
         });
-        tracing::info!(revision = image.revision, "installed snapshot");
+        tracing::info!(revision = header.revision, "installed snapshot");
         Ok(())
     }
 
+    /// The newest snapshot file and its meta (read from its header). A
+    /// file whose header does not decode is skipped with a warning: openraft
+    /// then builds a new snapshot when it needs one.
     fn current_snapshot(&self) -> Result<Option<Snapshot>, super::StorageError> {
-        let txn = self.store.db().begin_read()?;
-        let table = txn.open_table(SNAPSHOT)?;
-        let (Some(meta), Some(data)) = (table.get("meta")?, table.get("data")?) else {
+        let Some((mut file, path)) = self.snap.open_newest().map_err(|e| self.io_err(e))? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = rmp_serde::from_slice(meta.value())
-            .map_err(|e| super::StorageError::corrupt("snapshot meta", e))?;
+        let header = match StreamReader::open(BufReader::new(&file)) {
+            Ok((_, header)) => header,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable snapshot file");
+                return Ok(None);
+            }
+        };
+        file.seek(SeekFrom::Start(0)).map_err(|e| self.io_err(e))?;
         Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+            meta: header.meta,
+            snapshot: Box::new(RaftSnapshotFile::complete(file)),
         }))
     }
+}
+
+/// Buffer between the snapshot stream and its file: large enough for few
+/// system calls, small next to the store.
+const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The applied log id and membership recorded in `txn`.
+fn applied_in(
+    txn: &redb::ReadTransaction,
+) -> Result<(Option<LogId>, StoredMembership), super::StorageError> {
+    let meta = txn.open_table(META)?;
+    let applied: Option<LogId> = meta_rmp(&meta, meta_key::APPLIED)?;
+    let membership: Option<StoredMembership> = meta_rmp(&meta, meta_key::MEMBERSHIP)?;
+    Ok((applied, membership.unwrap_or_default()))
 }
 
 /// Applies one request; a deterministic rejection (including one the active
@@ -448,22 +581,236 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<RaftSnapshotFile>, StorageError> {
+        let (file, temp) = self
+            .snap
+            .create_temp()
+            .map_err(|e| snap_err(self.io_err(e)))?;
+        Ok(Box::new(RaftSnapshotFile::temp(file, temp)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<RaftSnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        blocking(|| self.install(meta, data)).map_err(snap_err)
+        let (file, temp) = snapshot
+            .into_std()
+            .await
+            .map_err(|e| snap_err(self.io_err(e)))?;
+        blocking(|| self.install(meta, file, temp)).map_err(snap_err)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         inline(|| self.current_snapshot()).map_err(|e| StorageError::IO {
             source: StorageIOError::read_snapshot(None, &e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::auth::AuthConfig;
+    use crate::auth::state::AuthState;
+    use crate::proto::etcdserverpb::{DeleteRangeRequest, LeaseGrantRequest, PutRequest};
+    use crate::raft::types::{Batch, MemberNode};
+    use crate::storage::hash::hash_state;
+
+    fn machine(dir: &std::path::Path) -> StateMachine {
+        let store = Store::open(dir).unwrap();
+        let auth = AuthStore::new(&AuthConfig::default(), AuthState::default()).unwrap();
+        StateMachine::new(
+            store,
+            ApplyHub::new(0),
+            Arc::new(Lessor::new()),
+            Arc::new(auth),
+        )
+        .unwrap()
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn request(request: Request) -> InternalRequest {
+        InternalRequest {
+            request: Some(request),
+            ..Default::default()
+        }
+    }
+
+    fn put(key: &str, value: &str, lease: i64) -> InternalRequest {
+        request(Request::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            ..Default::default()
+        }))
+    }
+
+    /// Applies a membership, a lease and `keys` puts (some overwritten, one
+    /// deleted) starting at log index 1; returns the last log id.
+    fn load(sm: &StateMachine, keys: usize, tag: &str) -> LogId {
+        let mut members = std::collections::BTreeMap::new();
+        members.insert(1u64, MemberNode::default());
+        let membership = Membership::new(vec![[1u64].into_iter().collect()], members);
+        let mut entries = vec![Entry {
+            log_id: log_id(1),
+            payload: EntryPayload::Membership(membership),
+        }];
+        let mut batch = vec![request(Request::LeaseGrant(LeaseGrantRequest {
+            ttl: 60,
+            id: 7,
+        }))];
+        for i in 0..keys {
+            batch.push(put(&format!("key-{i:05}"), &format!("{tag}-{i}"), 0));
+        }
+        batch.push(put("key-00001", "again", 7));
+        batch.push(request(Request::DeleteRange(DeleteRangeRequest {
+            key: b"key-00002".to_vec(),
+            ..Default::default()
+        })));
+        entries.push(Entry {
+            log_id: log_id(2),
+            payload: EntryPayload::Normal(Batch(batch)),
+        });
+        sm.apply_entries(entries).unwrap();
+        log_id(2)
+    }
+
+    fn state_hash(sm: &StateMachine) -> (u32, i64) {
+        hash_state(&sm.store.db().begin_read().unwrap()).unwrap()
+    }
+
+    fn snapshot_bytes(sm: &StateMachine) -> Vec<u8> {
+        let (mut file, _) = sm.snap.open_newest().unwrap().unwrap();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// Installs `bytes` into `sm` as a received snapshot with `meta`.
+    fn install_bytes(
+        sm: &StateMachine,
+        meta: &SnapshotMeta,
+        bytes: &[u8],
+    ) -> Result<(), super::super::StorageError> {
+        let (mut file, temp) = sm.snap.create_temp().unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        sm.install(meta, file, Some(temp))
+    }
+
+    fn snap_files(sm: &StateMachine) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(sm.snap.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn build_then_install_into_a_fresh_store_gives_identical_tables() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = machine(a_dir.path());
+        let last = load(&a, 500, "a");
+        let snapshot = a.build().unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(last));
+        assert_eq!(
+            snap_files(&a),
+            vec![super::super::snapshot_file::file_name(Some(last))]
+        );
+
+        let b = machine(b_dir.path());
+        install_bytes(&b, &snapshot.meta, &snapshot_bytes(&a)).unwrap();
+        assert_eq!(state_hash(&b), state_hash(&a));
+        assert_eq!(b.applied().unwrap(), a.applied().unwrap());
+        assert_eq!(b.lessor.ids(), vec![7]);
+        // The received file is now b's current snapshot, the temp is gone.
+        assert_eq!(snap_files(&b), snap_files(&a));
+        let current = b.current_snapshot().unwrap().unwrap();
+        assert_eq!(current.meta, snapshot.meta);
+        assert_eq!(snapshot_bytes(&b), snapshot_bytes(&a));
+    }
+
+    #[test]
+    fn a_bad_snapshot_file_is_refused_and_changes_nothing() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = machine(a_dir.path());
+        load(&a, 300, "a");
+        let snapshot = a.build().unwrap();
+        let good = snapshot_bytes(&a);
+
+        let b = machine(b_dir.path());
+        load(&b, 20, "b");
+        let before = (state_hash(&b), b.applied().unwrap());
+        let truncated = &good[..good.len() / 2];
+        let mut flipped = good.clone();
+        flipped[good.len() * 3 / 4] ^= 1;
+        let mut other_meta = snapshot.meta.clone();
+        other_meta.snapshot_id = "another".into();
+        for (what, meta, bytes) in [
+            ("truncated", &snapshot.meta, truncated),
+            ("flipped", &snapshot.meta, flipped.as_slice()),
+            ("empty", &snapshot.meta, &[][..]),
+            ("another snapshot", &other_meta, good.as_slice()),
+        ] {
+            let err = install_bytes(&b, meta, bytes).expect_err(what);
+            assert!(err.to_string().contains("Raft snapshot"), "{what}: {err}");
+            assert_eq!((state_hash(&b), b.applied().unwrap()), before, "{what}");
+            assert_eq!(snap_files(&b), Vec::<String>::new(), "{what}");
+        }
+        install_bytes(&b, &snapshot.meta, &good).unwrap();
+        assert_eq!(state_hash(&b), state_hash(&a));
+    }
+
+    #[test]
+    fn a_newer_snapshot_replaces_the_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = machine(dir.path());
+        load(&sm, 10, "a");
+        let first = sm.build().unwrap();
+        sm.apply_entries(vec![Entry {
+            log_id: log_id(3),
+            payload: EntryPayload::Normal(Batch(vec![put("later", "v", 0)])),
+        }])
+        .unwrap();
+        let second = sm.build().unwrap();
+        assert_eq!(second.meta.last_log_id, Some(log_id(3)));
+        assert_eq!(
+            snap_files(&sm),
+            vec![super::super::snapshot_file::file_name(Some(log_id(3)))]
+        );
+        assert_eq!(sm.current_snapshot().unwrap().unwrap().meta, second.meta);
+        assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    }
+
+    #[test]
+    fn a_snapshot_left_in_redb_by_an_older_build_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db().begin_write().unwrap();
+            txn.open_table(SNAPSHOT)
+                .unwrap()
+                .insert("data", vec![0u8; 4096].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let sm = machine(dir.path());
+        let txn = sm.store.db().begin_read().unwrap();
+        let empty = match txn.open_table(SNAPSHOT) {
+            Ok(table) => table.first().unwrap().is_none(),
+            Err(redb::TableError::TableDoesNotExist(_)) => true,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(empty);
+        assert!(sm.current_snapshot().unwrap().is_none());
     }
 }
