@@ -22,6 +22,19 @@ use redb::{
     WriteTransaction,
 };
 
+/// redb's page cache per member, in bytes. redb's default (1 GiB) is
+/// filled as the file grows: at 400,000 keys three members held 1,977 MB
+/// RSS against etcd's 697 MB; with 64 MiB they held 362 MB against 654 MB,
+/// with `range_lin_64` and `range_1000_keys` unchanged (their data fits).
+/// Pages outside it are read through the OS page cache, which is not the
+/// process's memory, as etcd's mmap'd pages are not until touched.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Opens (or creates) a member's database file with [`CACHE_BYTES`].
+pub fn create(path: &std::path::Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// A redb database shared by transactions and taken whole by compaction.
 pub struct Db {
     inner: RwLock<Database>,

@@ -142,7 +142,7 @@ impl Store {
             source,
         })?;
         let path = dir.join("witan.redb");
-        let db = Database::create(&path).map_err(|source| StorageError::Open {
+        let db: Database = db::create(&path).map_err(|source| StorageError::Open {
             path: path.clone(),
             source,
         })?;
