@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) for one pinned version, and helm, from the Go
+# kube-scheduler, kubectl) for one pinned version, helm and Prometheus, from the Go
 # module proxy into a cache directory keyed by version. A second run finds
 # the binaries there and returns at once.
 #
@@ -14,9 +14,12 @@ set -euo pipefail
 
 K8S_VERSION=${WITAN_E2E_K8S_VERSION:-v1.37.2}
 HELM_VERSION=${WITAN_E2E_HELM_VERSION:-v3.22.0}
+# Prometheus's Go module versions v0.3XY.Z are its releases 3.XY.Z.
+PROMETHEUS_VERSION=${WITAN_E2E_PROMETHEUS_VERSION:-v0.316.0}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/witan/e2e
 OUT=$CACHE/k8s-$K8S_VERSION
 HELM_OUT=$CACHE/helm-$HELM_VERSION
+PROMETHEUS_OUT=$CACHE/prometheus-$PROMETHEUS_VERSION
 # Never fetch another Go toolchain behind our back: fail loudly instead.
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -104,8 +107,29 @@ build_helm() {
     log "helm $HELM_VERSION: built in $((SECONDS - start))s"
 }
 
+# The Prometheus server, for the suite's scrape of the chart's monitors.
+# Without its web UI assets (an npm build): the HTTP API is all the suite uses.
+build_prometheus() {
+    if [ -x "$PROMETHEUS_OUT/bin/prometheus" ]; then log "prometheus $PROMETHEUS_VERSION: cached in $PROMETHEUS_OUT"; return; fi
+    local start=$SECONDS mod="$PROMETHEUS_OUT/src"
+    # v0.316.0 -> 3.16.0, stamped where prometheus --version and
+    # prometheus_build_info read it (what its release build sets).
+    local m=${PROMETHEUS_VERSION#v0.} release
+    release="${m:0:1}.${m:1:2}.${m#*.}"
+    mkdir -p "$mod"
+    (cd "$mod" && { [ -f go.mod ] || go mod init witan.test/prometheus-build >/dev/null 2>&1; } &&
+        go get "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" &&
+        go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
+            -o "$PROMETHEUS_OUT/bin.tmp/prometheus" \
+            github.com/prometheus/prometheus/cmd/prometheus)
+    rm -rf "$PROMETHEUS_OUT/bin" && mv "$PROMETHEUS_OUT/bin.tmp" "$PROMETHEUS_OUT/bin"
+    log "prometheus $PROMETHEUS_VERSION: built in $((SECONDS - start))s"
+}
+
 build_k8s
 build_helm
+build_prometheus
 "$OUT/bin/kubectl" version --client >&2
 "$HELM_OUT/bin/helm" version --short >&2
+"$PROMETHEUS_OUT/bin/prometheus" --version 2>&1 | head -n 1 >&2
 echo "$CACHE"

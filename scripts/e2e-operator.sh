@@ -15,6 +15,9 @@
 # And a KvCluster with spec.auth: the operator turns etcd auth on (root's
 # password from a Secret, its own generated one), etcdctl then needs a
 # user, and the operator still changes membership as its own user (1 -> 3).
+# Finally a real Prometheus, discovering targets through the API server,
+# scrapes what the chart's PodMonitor and ServiceMonitor describe: every
+# member has a leader, each KvCluster exactly one, the operator is up.
 #
 #   scripts/e2e-operator.sh
 #
@@ -442,6 +445,100 @@ tls_refuses_strangers() {
     curl -fsS "http://$ip:2381/readyz" >/dev/null || { echo "  no /readyz on 2381"; return 1; }
 }
 
+# --- Prometheus ------------------------------------------------------------
+# A real Prometheus server (scripts/e2e-build.sh builds it) on this machine,
+# discovering targets through the e2e API server with the admin kubeconfig
+# (Kubernetes service discovery), scraping what the chart's PodMonitor and
+# ServiceMonitor describe (e2e/prometheus/monitors.py does the Prometheus
+# Operator's translation). Pods are reached by pod IP, as from any node.
+PROM_DIR=$E2E_DIR/prometheus
+PROM_ADDR=""
+prom_pid=""
+stop_prometheus() {
+    [ -z "$prom_pid" ] && return
+    kill "$prom_pid" 2>/dev/null
+    wait "$prom_pid" 2>/dev/null || true
+}
+trap stop_prometheus EXIT
+
+# "namespace/pod value" per series of an instant PromQL query, or
+# "namespace/kvcluster value" with `by` kvcluster.
+prom_query() { # PromQL, label pair (e.g. "namespace pod")
+    curl -fsS --max-time 5 "http://$PROM_ADDR/api/v1/query" --data-urlencode "query=$1" | python3 -c '
+import json, sys
+labels = sys.argv[1].split()
+r = json.load(sys.stdin)
+if r["status"] != "success":
+    sys.exit("query failed: %s" % r)
+for s in sorted(r["data"]["result"], key=lambda s: [s["metric"].get(l, "") for l in labels]):
+    print("/".join(s["metric"].get(l, "") for l in labels), s["value"][1])' "$2"
+}
+
+start_prometheus() {
+    mkdir -p "$PROM_DIR" || return 1
+    # The translation's own unit tests first.
+    PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s "$ROOT/e2e/prometheus" >"$PROM_DIR/unittest.log" 2>&1 ||
+        { cat "$PROM_DIR/unittest.log"; return 1; }
+    local kube_version
+    kube_version=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') || return 1
+    # The monitors as the chart renders them when enabled, every 2s.
+    helm template witan "$ROOT/charts/witan" --namespace witan-system --kube-version "$kube_version" \
+        --set metrics.kvClusterPodMonitor.enabled=true,metrics.kvClusterPodMonitor.interval=2s \
+        --set metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.interval=2s |
+        python3 "$ROOT/e2e/prometheus/monitors.py" "$KUBECONFIG" >"$PROM_DIR/prometheus.yml" || return 1
+    local port
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    PROM_ADDR=127.0.0.1:$port
+    prometheus --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
+        --web.listen-address="$PROM_ADDR" >"$PROM_DIR/prometheus.log" 2>&1 &
+    prom_pid=$!
+    local deadline=$((SECONDS + 60))
+    until curl -fsS --max-time 2 "http://$PROM_ADDR/-/ready" >/dev/null 2>&1; do
+        kill -0 "$prom_pid" 2>/dev/null || { echo "  prometheus exited: $(tail -n 3 "$PROM_DIR/prometheus.log")"; return 1; }
+        [ $SECONDS -lt $deadline ] || { echo "  prometheus not ready"; return 1; }
+        sleep 0.5
+    done
+    echo "  $(prometheus --version 2>&1 | head -n 1) at $PROM_ADDR"
+}
+
+# Every running member pod of every KvCluster, "namespace/pod", one a line.
+member_pods() {
+    kubectl get pods -A -l app.kubernetes.io/name=witan,app.kubernetes.io/managed-by=witan-operator \
+        --field-selector=status.phase=Running \
+        -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}' | sort
+}
+
+# Every member (plain-http members on the client port, TLS members on their
+# metrics port) reports etcd_server_has_leader 1; the operator is up.
+prometheus_every_member_has_a_leader() {
+    start_prometheus || return 1
+    local want got deadline=$((SECONDS + 90))
+    want=$(member_pods | sed 's/$/ 1/')
+    [ -n "$want" ] || { echo "  no member pods"; return 1; }
+    until got=$(prom_query etcd_server_has_leader "namespace pod") && [ "$got" = "$want" ]; do
+        [ $SECONDS -lt $deadline ] || { printf '  want:\n%s\n  got:\n%s\n' "$want" "$got"; return 1; }
+        sleep 1
+    done
+    echo "  etcd_server_has_leader 1 on: $(cut -d' ' -f1 <<<"$got" | tr '\n' ' ')"
+    until got=$(prom_query 'up{namespace="witan-system", endpoint="http-metrics"}' "namespace pod") && [ "${got##* }" = 1 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "  operator target: '$got'"; return 1; }
+        sleep 1
+    done
+    echo "  operator scraped through the chart's metrics Service: $got"
+}
+
+# Exactly one member of each KvCluster reports etcd_server_is_leader 1.
+prometheus_one_leader_per_cluster() {
+    local want got deadline=$((SECONDS + 30))
+    want=$(kubectl get kvc -A -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name} 1{"\n"}{end}' | sort)
+    until got=$(prom_query 'sum by (namespace, kvcluster) (etcd_server_is_leader)' "namespace kvcluster") &&
+        [ "$got" = "$want" ]; do
+        [ $SECONDS -lt $deadline ] || { printf '  want:\n%s\n  got:\n%s\n' "$want" "$got"; return 1; }
+        sleep 1
+    done
+    echo "  leaders per KvCluster: $(tr '\n' ' ' <<<"$got")"
+}
+
 check "helm install: the operator runs with the chart's ServiceAccount and RBAC" helm_install
 check "the operator's Deployment is Available" operator_running
 check "a 3-member KvCluster becomes Available" create_cluster
@@ -460,6 +557,8 @@ check "auth: the operator scales 1 -> 3 as its own user" auth_operator_scales
 check "TLS: a KvCluster with certificates from Secrets becomes Available" create_tls_cluster
 check "TLS: etcdctl with the CA and a client certificate writes and reads through every member" tls_put_get_every_member
 check "TLS: no client certificate and plain http are refused; probes use plain-http 2381" tls_refuses_strangers
+check "prometheus: the chart's monitors scrape every member (etcd_server_has_leader 1) and the operator" prometheus_every_member_has_a_leader
+check "prometheus: exactly one member of each KvCluster has etcd_server_is_leader 1" prometheus_one_leader_per_cluster
 [ "$fail" = 0 ] || dump
 echo "e2e-operator: $pass/$((pass + fail)) checks pass in $((SECONDS - start))s"
 [ "$fail" = 0 ]
