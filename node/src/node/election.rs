@@ -24,7 +24,6 @@ use tokio::sync::watch;
 use super::member::Member;
 use crate::proto::witanpb::{PreVoteRequest, PreVoteResponse};
 use crate::raft::types::NodeId;
-use crate::storage::log_store::last_log_id;
 
 /// A log position as elections compare them: term first, then index.
 pub type LogPosition = (u64, u64);
@@ -70,15 +69,9 @@ impl Member {
 
     /// Where this member's log ends.
     fn last_log_position(&self) -> LogPosition {
-        match last_log_id(&self.store) {
-            Ok(Some(id)) => (id.leader_id.term, id.index),
-            Ok(None) => (0, 0),
-            Err(e) => {
-                tracing::error!(error = %e, "reading the last log id");
-                // Claim the most up-to-date log there could be, so that a
-                // member that cannot read its log refuses every pre-vote.
-                (u64::MAX, u64::MAX)
-            }
+        match self.log.last_log_id() {
+            Some(id) => (id.leader_id.term, id.index),
+            None => (0, 0),
         }
     }
 

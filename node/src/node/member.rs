@@ -50,6 +50,8 @@ pub struct Member {
     pub config: Arc<Config>,
     pub raft: Raft,
     pub store: Store,
+    /// The Raft log (the last log id is what PreVote compares).
+    pub log: Arc<crate::storage::wal::Wal>,
     pub hub: ApplyHub,
     pub lessor: Arc<Lessor>,
     /// Users, roles and tokens: what every request is checked against.

@@ -82,6 +82,14 @@ impl RunningMember {
         if let Err(e) = self.member.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        // Nothing applies any more: make it all durable, so the next start
+        // replays no log.
+        let store = self.member.store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "final checkpoint"),
+        }
     }
 }
 
@@ -188,11 +196,8 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     let state_machine =
         StateMachine::new(store.clone(), hub.clone(), lessor.clone(), auth.clone())?
             .with_commit_histogram(metrics.backend_commit.clone());
-    let log_store = LogStore::with_fsync_histogram(store.clone(), Some(metrics.wal_fsync.clone()))
-        .map_err(|source| StorageError::Io {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+    let log_store = LogStore::open(&store, Some(metrics.wal_fsync.clone()))?;
+    let log = log_store.wal();
     let network = network.with_round_trip_time(metrics.peer_round_trip_time.clone());
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
@@ -250,6 +255,7 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         config: config.clone(),
         raft,
         store,
+        log,
         hub,
         lessor,
         auth,
@@ -340,6 +346,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
     ));
     tasks.push(tokio::spawn(
         tasks::auto_compact(member.clone(), stop_rx.clone()).instrument(span.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        tasks::checkpoint(member.store.clone(), stop_rx.clone()).instrument(span.clone()),
     ));
     tasks.push(tokio::spawn(
         tasks::publish_attributes(member.clone(), stop_rx.clone()).instrument(span.clone()),

@@ -15,6 +15,7 @@ use crate::error::EtcdError;
 use crate::proto::etcdserverpb::{CompactionRequest, LeaseRevokeRequest};
 use crate::proto::witanpb::internal_request::Request;
 use crate::proto::witanpb::{InternalRequest, MemberAttributes};
+use crate::storage::{CHECKPOINT_INTERVAL, Store};
 
 /// How often the leader looks for expired leases.
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -127,6 +128,28 @@ pub async fn auto_compact(member: Arc<Member>, mut stop: watch::Receiver<bool>) 
                 Err(err) => tracing::warn!(revision, error = %err, "auto compaction failed; will retry"),
             },
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Makes the state machine durable every [`CHECKPOINT_INTERVAL`] when it
+/// changed, so a restart replays at most that much log, and the log can be
+/// purged up to a snapshot. The final checkpoint comes at shutdown.
+pub async fn checkpoint(store: Store, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            // The next tick tries again; the log keeps everything since the
+            // last good one.
+            Ok(Err(e)) => tracing::error!(error = %e, "checkpointing the state machine failed"),
+            Err(e) => tracing::error!(error = %e, "checkpointing the state machine failed"),
         }
     }
 }

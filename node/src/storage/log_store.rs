@@ -1,147 +1,140 @@
-//! The Raft log and vote in redb (openraft's `RaftLogStorage`).
+//! openraft's `RaftLogStorage` over the segment-file log (`storage::wal`).
 //!
 //! An append is written at once (readable, not yet durable) and its fsync is
 //! left to a flusher thread, which makes every append that arrived meanwhile
-//! durable with one fsync and only then tells openraft. So the leader's own
-//! fsync runs in parallel with replication to followers, and appends that
-//! queue up share one fsync. Group commit also happens above: the proposer
-//! packs many client requests into one entry.
+//! durable with one fdatasync and only then tells openraft. So the leader's
+//! own fsync runs in parallel with replication to followers, and appends
+//! that queue up share one fsync. Group commit also happens above: the
+//! proposer packs many client requests into one entry.
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
-use redb::{Durability, ReadableTable};
+use redb::ReadableTable;
 
-use super::{META, RAFT_LOG, Store, inline, meta_key, meta_rmp, to_rmp};
+use super::wal::{Wal, WalError};
+use super::{META, RAFT_LOG, Store, inline, meta_key, meta_rmp};
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
-/// The log half of a member's database.
+/// The log half of a member's storage.
 #[derive(Clone)]
 pub struct LogStore {
-    store: Store,
+    wal: Arc<Wal>,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
-    /// Opens the log and starts its flusher thread, which ends when the
-    /// last clone of the log store is dropped.
-    pub fn new(store: Store) -> Result<Self, std::io::Error> {
-        Self::with_fsync_histogram(store, None)
-    }
-
-    /// Like [`LogStore::new`], timing each durable commit (the "WAL
-    /// fsync") into `fsync` when given.
-    pub fn with_fsync_histogram(
-        store: Store,
+    /// Opens the log in `<data-dir>/member/wal` next to `store`, lines it
+    /// up with the state machine's durable applied index (see
+    /// [`reconcile`]) and starts its flusher thread, which ends when the
+    /// last clone of the log store is dropped. Each fdatasync (the "WAL
+    /// fsync") is timed into `fsync` when given.
+    pub fn open(
+        store: &Store,
         fsync: Option<prometheus::Histogram>,
-    ) -> Result<Self, std::io::Error> {
+    ) -> Result<Self, super::StorageError> {
+        let dir = store
+            .path()
+            .parent()
+            .map(|member| member.join("wal"))
+            .ok_or_else(|| super::StorageError::corrupt("data dir", "no parent"))?;
+        let wal = Arc::new(open_wal(store, &dir)?);
+        reconcile(store, &wal)?;
         let (flusher, pending) = std::sync::mpsc::channel();
-        let db = store.clone();
+        let flushed = wal.clone();
         std::thread::Builder::new()
             .name("witan-log-flush".into())
-            .spawn(move || flush_loop(db, pending, fsync))?;
-        Ok(LogStore { store, flusher })
+            .spawn(move || flush_loop(flushed, pending, fsync))
+            .map_err(|source| super::StorageError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(LogStore { wal, flusher })
     }
 
-    fn read_entries(
-        &self,
-        lo: Bound<u64>,
-        hi: Bound<u64>,
-    ) -> Result<Vec<Entry>, super::StorageError> {
-        let txn = self.store.db().begin_read()?;
-        let log = txn.open_table(RAFT_LOG)?;
-        let mut out = Vec::new();
-        for item in log.range::<u64>((lo, hi))? {
-            let (_, raw) = item?;
-            let entry: Entry = rmp_serde::from_slice(raw.value())
-                .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
-    fn log_state(&self) -> Result<LogState<TypeConfig>, super::StorageError> {
-        log_state(&self.store)
-    }
-
-    fn put_meta(
-        &self,
-        key: &'static str,
-        value: &[u8],
-        durability: Durability,
-    ) -> Result<(), super::StorageError> {
-        let mut txn = self.store.db().begin_write()?;
-        txn.set_durability(durability)
-            .map_err(|e| super::StorageError::corrupt("durability", e))?;
-        txn.open_table(META)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &'static str,
-    ) -> Result<Option<T>, super::StorageError> {
-        let txn = self.store.db().begin_read()?;
-        let meta = txn.open_table(META)?;
-        meta_rmp(&meta, key)
-    }
-
-    fn append_entries(&self, entries: Vec<Entry>) -> Result<(), super::StorageError> {
-        let mut txn = self.store.db().begin_write()?;
-        // Readable now, durable once the flusher's next commit lands.
-        txn.set_durability(Durability::None)
-            .map_err(|e| super::StorageError::corrupt("durability", e))?;
-        {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            for entry in &entries {
-                log.insert(entry.log_id.index, to_rmp(entry).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    fn remove_range(
-        &self,
-        lo: Bound<u64>,
-        hi: Bound<u64>,
-        purged: Option<LogId>,
-    ) -> Result<(), super::StorageError> {
-        let txn = self.store.db().begin_write()?;
-        {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            log.retain_in::<u64, _>((lo, hi), |_, _| false)?;
-            if let Some(purged) = purged {
-                txn.open_table(META)?
-                    .insert(meta_key::LAST_PURGED, to_rmp(&purged).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+    /// The log, for readers outside openraft (elections compare last log ids).
+    pub fn wal(&self) -> Arc<Wal> {
+        self.wal.clone()
     }
 }
 
-/// The log's first and last ids as stored.
-fn log_state(store: &Store) -> Result<LogState<TypeConfig>, super::StorageError> {
-    let txn = store.db().begin_read()?;
-    let meta = txn.open_table(META)?;
-    let last_purged: Option<LogId> = meta_rmp(&meta, meta_key::LAST_PURGED)?;
-    let log = txn.open_table(RAFT_LOG)?;
-    let last = match log.last()? {
-        Some((_, raw)) => {
+/// Opens the log, first moving a format-1 database's log (kept in redb's
+/// `raft_log` table) into it.
+fn open_wal(store: &Store, dir: &Path) -> Result<Wal, super::StorageError> {
+    if !store.log_in_database()? {
+        return Ok(Wal::open(dir)?);
+    }
+    // Start from an empty directory: a crash during a previous migration
+    // may have left part of one behind, and the table is still whole.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|source| super::StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let wal = Wal::open(dir)?;
+    let (vote, purged, entries) = {
+        let txn = store.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let vote: Option<Vote> = meta_rmp(&meta, meta_key::VOTE)?;
+        let purged: Option<LogId> = meta_rmp(&meta, meta_key::LAST_PURGED)?;
+        let log = txn.open_table(RAFT_LOG)?;
+        let mut entries = Vec::new();
+        for item in log.iter()? {
+            let (_, raw) = item?;
             let entry: Entry = rmp_serde::from_slice(raw.value())
                 .map_err(|e| super::StorageError::corrupt("raft log entry", e))?;
-            Some(entry.log_id)
+            entries.push(entry);
         }
-        None => last_purged,
+        (vote, purged, entries)
     };
-    Ok(LogState {
-        last_purged_log_id: last_purged,
-        last_log_id: last,
-    })
+    if let Some(vote) = vote {
+        wal.save_vote(&vote)?;
+    }
+    if let Some(purged) = purged {
+        wal.purge(purged)?;
+    }
+    wal.append(&entries)?;
+    wal.sync()?;
+    store.finish_log_migration()?;
+    tracing::info!(
+        entries = entries.len(),
+        "moved the raft log out of the database into {}",
+        dir.display()
+    );
+    Ok(wal)
+}
+
+/// The state machine may be durable past the end of the log: a leader
+/// commits an entry once a quorum of followers has it, its own fsync of
+/// that entry may not have happened before a crash, while a background
+/// checkpoint of the state machine did. The entries up to the applied index
+/// are then in the state machine already: the log is purged up to it, as
+/// after a snapshot, so it never ends before what is applied.
+fn reconcile(store: &Store, wal: &Wal) -> Result<(), super::StorageError> {
+    let applied: Option<LogId> = {
+        let txn = store.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        meta_rmp(&meta, meta_key::APPLIED)?
+    };
+    let (purged, last) = wal.log_state();
+    if let Some(applied) = applied {
+        if last.is_none_or(|last| last.index < applied.index) {
+            tracing::warn!(%applied, last = ?last, "the log ends before the applied index; purging it up to there");
+            wal.purge(applied)?;
+        }
+    } else if purged.is_some() {
+        // Purging only ever follows a durable state machine.
+        return Err(super::StorageError::corrupt(
+            "raft log",
+            "purged, while the state machine applied nothing",
+        ));
+    }
+    Ok(())
 }
 
 /// The vote a member restarts with: the same term and candidate, but never
@@ -160,16 +153,7 @@ pub fn forget_leadership(mut vote: Vote) -> Vote {
     vote
 }
 
-/// The id of the last entry in the log (appended, maybe not yet durable),
-/// which is what a vote compares.
-pub fn last_log_id(store: &Store) -> Result<Option<LogId>, super::StorageError> {
-    Ok(log_state(store)?.last_log_id)
-}
-
-fn io_err(
-    e: super::StorageError,
-    f: fn(&super::StorageError) -> StorageIOError<NodeId>,
-) -> StorageError {
+fn io_err(e: WalError, f: fn(&WalError) -> StorageIOError<NodeId>) -> StorageError {
     StorageError::IO { source: f(&e) }
 }
 
@@ -180,8 +164,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let lo = range.start_bound().cloned();
         let hi = range.end_bound().cloned();
-        inline(|| self.read_entries(lo, hi))
-            .map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
+        inline(|| self.wal.read(lo, hi)).map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
     }
 }
 
@@ -189,7 +172,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        inline(|| self.log_state()).map_err(|e| io_err(e, |e| StorageIOError::read_logs(e)))
+        let (last_purged_log_id, last_log_id) = self.wal.log_state();
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -197,28 +184,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        inline(|| self.put_meta(meta_key::VOTE, &to_rmp(vote), Durability::Immediate))
+        inline(|| self.wal.save_vote(vote))
             .map_err(|e| io_err(e, |e| StorageIOError::write_vote(e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote: Option<Vote> = inline(|| self.get_meta(meta_key::VOTE))
-            .map_err(|e| io_err(e, |e| StorageIOError::read_vote(e)))?;
-        Ok(vote.map(forget_leadership))
+        Ok(self.wal.vote().map(forget_leadership))
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Without fsync: the committed id only lets a restart re-apply
-        // sooner; losing it is safe. It rides along with the next fsync.
-        inline(|| self.put_meta(meta_key::COMMITTED, &to_rmp(&committed), Durability::None))
-            .map_err(|e| io_err(e, |e| StorageIOError::write(e)))
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = inline(|| self.get_meta(meta_key::COMMITTED))
-            .map_err(|e| io_err(e, |e| StorageIOError::read(e)))?;
-        Ok(committed.flatten())
-    }
+    // The committed index is not saved: the state machine keeps its own
+    // applied index durably, and a restarted member learns what is committed
+    // from the leader. (openraft's default `save_committed` does nothing.)
 
     async fn append<I>(
         &mut self,
@@ -230,7 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match inline(|| self.append_entries(entries)) {
+        match inline(|| self.wal.append(&entries)) {
             // PLANTED BUG (feature `ack-before-fsync`, robustness suite
             // only): report the append durable while it is not, and never
             // fsync it. A crash then loses acknowledged writes.
@@ -259,26 +235,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        inline(|| self.remove_range(Bound::Included(log_id.index), Bound::Unbounded, None))
+        inline(|| self.wal.truncate(log_id.index))
             .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        inline(|| {
-            self.remove_range(
-                Bound::Unbounded,
-                Bound::Included(log_id.index),
-                Some(log_id),
-            )
-        })
-        .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
+        inline(|| self.wal.purge(log_id)).map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
     }
 }
 
-/// Makes pending appends durable: one fsync for everything that queued up
-/// while the previous one ran, then every waiting callback is told.
+/// Makes pending appends durable: one fdatasync for everything that queued
+/// up while the previous one ran, then every waiting callback is told.
 fn flush_loop(
-    store: Store,
+    wal: Arc<Wal>,
     pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
     fsync: Option<prometheus::Histogram>,
 ) {
@@ -286,13 +255,7 @@ fn flush_loop(
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
         let started = std::time::Instant::now();
-        // An empty durable commit still writes a new commit header and
-        // fsyncs, which makes every earlier non-durable commit durable.
-        let result = store
-            .db()
-            .begin_write()
-            .map_err(redb::Error::from)
-            .and_then(|txn| txn.commit().map_err(redb::Error::from));
+        let result = wal.sync();
         match (&result, &fsync) {
             (Err(e), _) => tracing::error!(error = %e, "flushing the raft log failed"),
             (Ok(()), Some(fsync)) => fsync.observe(started.elapsed().as_secs_f64()),
@@ -311,7 +274,94 @@ fn flush_loop(
 
 #[cfg(test)]
 mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
     use super::*;
+    use crate::storage::to_rmp;
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// A data dir as a format-1 build left it: the log in the database.
+    fn format_one_store(dir: &Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        let txn = store.db().begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(
+                meta_key::FORMAT_VERSION,
+                FORMAT_LOG_IN_DATABASE_FOR_TESTS.to_le_bytes().as_slice(),
+            )
+            .unwrap();
+            meta.insert(meta_key::VOTE, to_rmp(&Vote::new(4, 1)).as_slice())
+                .unwrap();
+            meta.insert(meta_key::LAST_PURGED, to_rmp(&id(2, 9)).as_slice())
+                .unwrap();
+            meta.insert(meta_key::APPLIED, to_rmp(&id(2, 9)).as_slice())
+                .unwrap();
+            let mut log = txn.open_table(RAFT_LOG).unwrap();
+            for index in 10..=12 {
+                let entry = Entry {
+                    log_id: id(3, index),
+                    payload: EntryPayload::Blank,
+                };
+                log.insert(index, to_rmp(&entry).as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        store
+    }
+
+    const FORMAT_LOG_IN_DATABASE_FOR_TESTS: u32 = 1;
+
+    #[test]
+    fn a_format_one_log_moves_out_of_the_database_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format_one_store(dir.path());
+        assert!(store.log_in_database().unwrap());
+        let logs = LogStore::open(&store, None).unwrap();
+        let wal = logs.wal();
+        assert_eq!(wal.log_state(), (Some(id(2, 9)), Some(id(3, 12))));
+        assert_eq!(wal.vote(), Some(Vote::new(4, 1)));
+        let read: Vec<LogId> = wal
+            .read(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.log_id)
+            .collect();
+        assert_eq!(read, vec![id(3, 10), id(3, 11), id(3, 12)]);
+        assert!(!store.log_in_database().unwrap());
+        let txn = store.db().begin_read().unwrap();
+        assert!(txn.open_table(RAFT_LOG).is_err(), "the old table is gone");
+        assert!(
+            txn.open_table(META)
+                .unwrap()
+                .get(meta_key::VOTE)
+                .unwrap()
+                .is_none()
+        );
+        drop(txn);
+        drop((logs, wal, store));
+        // A second start finds the log where the first one put it.
+        let store = Store::open(dir.path()).unwrap();
+        let logs = LogStore::open(&store, None).unwrap();
+        assert_eq!(logs.wal().log_state(), (Some(id(2, 9)), Some(id(3, 12))));
+    }
+
+    #[test]
+    fn a_log_that_ends_before_the_applied_index_is_purged_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db().begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(meta_key::APPLIED, to_rmp(&id(5, 40)).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let logs = LogStore::open(&store, None).unwrap();
+        assert_eq!(logs.wal().log_state(), (Some(id(5, 40)), Some(id(5, 40))));
+    }
 
     #[test]
     fn a_restarted_leader_keeps_its_term_and_vote_but_not_its_leadership() {

@@ -1,14 +1,18 @@
-//! One redb database per member holds everything that member persists: the
-//! Raft log and vote, the applied log id and membership, the last snapshot,
-//! and the MVCC state machine. See `docs/storage.md` for the format.
+//! What a member persists: the Raft log and vote in segment files
+//! (`wal`), and one redb database holding the applied log id and
+//! membership and the MVCC state machine. See `docs/storage.md` for the
+//! format.
 //!
 //! Invariants:
 //! - The applied log id is written in the same transaction as the state it
 //!   covers, so a crash at any point replays cleanly from the log.
-//! - Log appends and votes commit with `Durability::Immediate` (fsync);
-//!   state-machine applies commit with `Durability::None`, which redb makes
-//!   durable with the next immediate commit. A crash therefore can only roll
-//!   the state machine back to an earlier applied id, never past the log.
+//! - Log appends are made durable by an fdatasync of the log (the only
+//!   fsync a write waits for); state-machine applies commit with
+//!   `Durability::None`, which redb makes durable at the next checkpoint
+//!   ([`Store::checkpoint`], every [`CHECKPOINT_INTERVAL`] and before a
+//!   snapshot). A crash therefore rolls the state machine back to its last
+//!   checkpoint, and the log still holds every entry after it: the log is
+//!   purged only up to a snapshot, which is taken at a durable point.
 
 pub mod backup;
 pub mod db;
@@ -20,6 +24,7 @@ pub mod snapshot_file;
 pub mod snapshot_rows;
 pub mod snapshot_stream;
 pub mod state_machine;
+pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,8 +36,16 @@ use redb::{Database, ReadableTable, TableDefinition};
 use self::db::Db;
 use crate::proto::witanpb::MemberIdentity;
 
-/// The on-disk format this build writes and the only one it opens.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes. Format 1 kept the Raft log in the
+/// database (table `raft_log`); this build opens it and moves the log out
+/// (`log_store::open_wal`), which makes it format 2.
+pub const FORMAT_VERSION: u32 = 2;
+const FORMAT_LOG_IN_DATABASE: u32 = 1;
+
+/// How often the state machine is made durable when it changed: the
+/// longest stretch of log a restart replays, in time (etcd commits its
+/// backend every 100 ms).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -92,6 +105,8 @@ pub enum StorageError {
     Corrupt { what: &'static str, detail: String },
     #[error("defragmenting: {0}")]
     Compaction(#[from] redb::CompactionError),
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
 }
 
 macro_rules! redb_from {
@@ -131,6 +146,8 @@ pub struct Store {
     path: PathBuf,
     /// Last in-use measurement: when, the file size then, the bytes in use.
     in_use: Arc<Mutex<Option<(Instant, u64, u64)>>>,
+    /// The applied log id (as stored) at the last checkpoint.
+    checkpointed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Store {
@@ -150,6 +167,7 @@ impl Store {
             db: Arc::new(Db::new(db)),
             path,
             in_use: Arc::new(Mutex::new(None)),
+            checkpointed: Arc::new(Mutex::new(None)),
         };
         store.init_tables()?;
         Ok(store)
@@ -170,10 +188,9 @@ impl Store {
                         FORMAT_VERSION.to_le_bytes().as_slice(),
                     )?;
                 }
-                Some(FORMAT_VERSION) => {}
+                Some(FORMAT_VERSION | FORMAT_LOG_IN_DATABASE) => {}
                 Some(found) => return Err(StorageError::UnsupportedFormat { found }),
             }
-            txn.open_table(RAFT_LOG)?;
             txn.open_table(KV_LATEST)?;
             txn.open_table(KV_HISTORY)?;
             txn.open_table(KV_REVS)?;
@@ -190,6 +207,56 @@ impl Store {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Whether the Raft log is still in the database (format 1).
+    pub(crate) fn log_in_database(&self) -> Result<bool, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let found = meta
+            .get(meta_key::FORMAT_VERSION)?
+            .map(|v| decode_u32(v.value()))
+            .transpose()?;
+        Ok(found == Some(FORMAT_LOG_IN_DATABASE))
+    }
+
+    /// Drops the format-1 log from the database once it is in the log
+    /// files, durably, and marks the database format 2.
+    pub(crate) fn finish_log_migration(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.delete_table(RAFT_LOG)?;
+            let mut meta = txn.open_table(META)?;
+            for key in [meta_key::VOTE, meta_key::COMMITTED, meta_key::LAST_PURGED] {
+                meta.remove(key)?;
+            }
+            meta.insert(
+                meta_key::FORMAT_VERSION,
+                FORMAT_VERSION.to_le_bytes().as_slice(),
+            )?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Makes every state-machine commit so far durable (one redb commit
+    /// with fsync). Returns whether there was anything to make durable.
+    pub fn checkpoint(&self) -> Result<bool, StorageError> {
+        let applied = {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            meta.get(meta_key::APPLIED)?.map(|v| v.value().to_vec())
+        };
+        let mut last = self.checkpointed.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == applied {
+            return Ok(false);
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| StorageError::corrupt("durability", e))?;
+        txn.commit()?;
+        *last = applied;
+        Ok(true)
     }
 
     pub fn path(&self) -> &Path {
