@@ -24,7 +24,10 @@ use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Wal>,
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Each append's callback goes to the flusher thread, which makes the
+    /// appends so far durable and then tells openraft. (`None` is the
+    /// planted bug's lazy sync, see below.)
+    flusher: std::sync::mpsc::Sender<Option<LogFlushed<TypeConfig>>>,
 }
 
 impl LogStore {
@@ -207,23 +210,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         match inline(|| self.wal.append(&entries)) {
-            // PLANTED BUG (feature `ack-before-fsync`, robustness suite
-            // only): report the append durable while it is not, and never
-            // fsync it. A crash then loses acknowledged writes.
-            #[cfg(feature = "ack-before-fsync")]
+            // PLANTED BUG (feature `ack-before-write`, robustness suite
+            // only): report the append durable at once; the records are
+            // written (and fsynced) by the next lazy sync (see `wal::planted`).
+            #[cfg(feature = "ack-before-write")]
             Ok(()) => {
-                let _not_flushed = &self.flusher;
                 callback.log_io_completed(Ok(()));
+                let _ = self.flusher.send(None);
                 Ok(())
             }
-            #[cfg(not(feature = "ack-before-fsync"))]
+            #[cfg(not(feature = "ack-before-write"))]
             Ok(()) => {
-                if let Err(unsent) = self.flusher.send(callback) {
+                if let Err(unsent) = self.flusher.send(Some(callback)) {
                     // The flusher only ends when every sender is gone, so
                     // this cannot happen while `self` exists.
-                    unsent
-                        .0
-                        .log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+                    if let Some(callback) = unsent.0 {
+                        callback
+                            .log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+                    }
                 }
                 Ok(())
             }
@@ -248,12 +252,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// up while the previous one ran, then every waiting callback is told.
 fn flush_loop(
     wal: Arc<Wal>,
-    pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    pending: std::sync::mpsc::Receiver<Option<LogFlushed<TypeConfig>>>,
     fsync: Option<prometheus::Histogram>,
 ) {
     while let Ok(first) = pending.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(pending.try_iter());
+        #[cfg(feature = "ack-before-write")]
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let waiting: Vec<LogFlushed<TypeConfig>> = std::iter::once(first)
+            .chain(pending.try_iter())
+            .flatten()
+            .collect();
         let started = std::time::Instant::now();
         let result = wal.sync();
         match (&result, &fsync) {

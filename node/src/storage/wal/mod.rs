@@ -26,6 +26,7 @@ pub mod segment;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
+#[cfg(not(feature = "ack-before-write"))]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +79,10 @@ struct State {
     /// End of the last record in the active segment.
     write_offset: u64,
     vote: Option<Vote>,
+    /// PLANTED BUG (feature `ack-before-write`): records not yet written,
+    /// and their entries for readers.
+    #[cfg(feature = "ack-before-write")]
+    unwritten: planted::Unwritten,
 }
 
 /// A member's Raft log.
@@ -195,6 +200,8 @@ impl Wal {
             purged,
             write_offset,
             vote,
+            #[cfg(feature = "ack-before-write")]
+            unwritten: Default::default(),
         };
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -259,6 +266,8 @@ impl Wal {
                 _ => {}
             }
             let payload = super::to_rmp(entry);
+            #[cfg(feature = "ack-before-write")]
+            state.unwritten.keep(entry);
             let start = state.write_offset + pending.len() as u64;
             let record_bytes = (record::HEADER_BYTES + payload.len()) as u64;
             let empty_active = start == 0;
@@ -290,7 +299,13 @@ impl Wal {
     /// Makes every append so far durable.
     pub fn sync(&self) -> Result<(), WalError> {
         let (file, path) = {
-            let state = self.state();
+            #[cfg_attr(not(feature = "ack-before-write"), allow(unused_mut))]
+            let mut state = self.state();
+            #[cfg(feature = "ack-before-write")]
+            state
+                .unwritten
+                .write_out()
+                .map_err(|e| io("appending", &self.dir, e))?;
             let active = state.active();
             (active.file.clone(), active.path.clone())
         };
@@ -329,6 +344,10 @@ impl Wal {
         };
         locs.iter()
             .map(|loc| {
+                #[cfg(feature = "ack-before-write")]
+                if let Some(entry) = self.state().unwritten.get(loc.log_id.index) {
+                    return Ok(entry);
+                }
                 let payload = segment::read_payload(&loc.file, loc.offset, loc.len)
                     .map_err(|detail| self.corrupt(detail))?;
                 let entry: Entry = rmp_serde::from_slice(&payload)
@@ -348,6 +367,11 @@ impl Wal {
     /// that conflicts with its leader's), durably.
     pub fn truncate(&self, index: u64) -> Result<(), WalError> {
         let mut state = self.state();
+        #[cfg(feature = "ack-before-write")]
+        state
+            .unwritten
+            .write_out()
+            .map_err(|e| io("appending", &self.dir, e))?;
         let Some(front) = state.entries.front() else {
             return Ok(());
         };
@@ -372,6 +396,11 @@ impl Wal {
     /// durably, and removes the segments that hold nothing else.
     pub fn purge(&self, upto: LogId) -> Result<(), WalError> {
         let mut state = self.state();
+        #[cfg(feature = "ack-before-write")]
+        state
+            .unwritten
+            .write_out()
+            .map_err(|e| io("appending", &self.dir, e))?;
         if state.purged.is_some_and(|p| p.index >= upto.index) {
             return Ok(());
         }
@@ -474,6 +503,10 @@ impl State {
         }
         let active = self.active();
         let file = active.file.clone();
+        #[cfg(feature = "ack-before-write")]
+        self.unwritten
+            .hold(file.clone(), self.write_offset, records.to_vec());
+        #[cfg(not(feature = "ack-before-write"))]
         file.write_all_at(records, self.write_offset)
             .map_err(|e| io("appending to", &active.path, e))?;
         self.write_offset += records.len() as u64;
@@ -494,6 +527,50 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> WalError {
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// PLANTED BUG (feature `ack-before-write`, robustness suite only): appends
+/// stay in memory until the next sync, which the log store runs lazily
+/// while reporting every append durable at once. A `kill -9` then loses
+/// acknowledged writes. (Skipping only the fdatasync would not show: the
+/// written page cache outlives a killed process; only a power cut loses
+/// it, which the suite cannot cause.)
+#[cfg(feature = "ack-before-write")]
+mod planted {
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    use crate::raft::types::Entry;
+
+    #[derive(Default)]
+    pub struct Unwritten {
+        records: Vec<(Arc<File>, u64, Vec<u8>)>,
+        entries: BTreeMap<u64, Entry>,
+    }
+
+    impl Unwritten {
+        pub fn keep(&mut self, entry: &Entry) {
+            self.entries.insert(entry.log_id.index, entry.clone());
+        }
+
+        pub fn hold(&mut self, file: Arc<File>, offset: u64, records: Vec<u8>) {
+            self.records.push((file, offset, records));
+        }
+
+        pub fn get(&self, index: u64) -> Option<Entry> {
+            self.entries.get(&index).cloned()
+        }
+
+        pub fn write_out(&mut self) -> std::io::Result<()> {
+            for (file, offset, records) in self.records.drain(..) {
+                file.write_all_at(&records, offset)?;
+            }
+            self.entries.clear();
+            Ok(())
+        }
     }
 }
 
