@@ -5,6 +5,7 @@
 # the binaries there and returns at once.
 #
 #   scripts/e2e-build.sh            # prints the cache directory on its last line
+#   scripts/e2e-build.sh --cached   # exit 0 when everything is cached, 1 when a build is due
 #
 # The control plane comes from a scratch Go module that requires
 # k8s.io/kubernetes and replaces every k8s.io/* staging module (listed by
@@ -91,7 +92,7 @@ GO
     (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$OUT/bin.tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-    rm -rf "$OUT/bin" && mv "$OUT/bin.tmp" "$OUT/bin"
+    rm -rf "${OUT:?}/bin" && mv "$OUT/bin.tmp" "$OUT/bin"
     log "kubernetes $K8S_VERSION: built in $((SECONDS - start))s"
 }
 
@@ -122,9 +123,18 @@ build_prometheus() {
         go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
             -o "$PROMETHEUS_OUT/bin.tmp/prometheus" \
             github.com/prometheus/prometheus/cmd/prometheus)
-    rm -rf "$PROMETHEUS_OUT/bin" && mv "$PROMETHEUS_OUT/bin.tmp" "$PROMETHEUS_OUT/bin"
+    rm -rf "${PROMETHEUS_OUT:?}/bin" && mv "$PROMETHEUS_OUT/bin.tmp" "$PROMETHEUS_OUT/bin"
     log "prometheus $PROMETHEUS_VERSION: built in $((SECONDS - start))s"
 }
+
+if [ "${1:-}" = --cached ]; then
+    for bin in "$OUT/bin/kube-apiserver" "$OUT/bin/kube-controller-manager" \
+        "$OUT/bin/kube-scheduler" "$OUT/bin/kubectl" "$HELM_OUT/bin/helm" \
+        "$PROMETHEUS_OUT/bin/prometheus"; do
+        [ -x "$bin" ] || { log "not cached: $bin"; exit 1; }
+    done
+    exit 0
+fi
 
 build_k8s
 build_helm

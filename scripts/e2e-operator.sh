@@ -560,5 +560,5 @@ check "TLS: no client certificate and plain http are refused; probes use plain-h
 check "prometheus: the chart's monitors scrape every member (etcd_server_has_leader 1) and the operator" prometheus_every_member_has_a_leader
 check "prometheus: exactly one member of each KvCluster has etcd_server_is_leader 1" prometheus_one_leader_per_cluster
 [ "$fail" = 0 ] || dump
-echo "e2e-operator: $pass/$((pass + fail)) checks pass in $((SECONDS - start))s"
+echo "e2e: $pass/$((pass + fail)) scenarios pass in $((SECONDS - start))s"
 [ "$fail" = 0 ]
