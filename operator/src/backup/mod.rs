@@ -24,6 +24,7 @@ pub mod naming;
 pub mod observe;
 pub mod report;
 pub mod retention;
+pub mod trigger;
 pub mod verify;
 
 use std::{path::PathBuf, time::Duration};

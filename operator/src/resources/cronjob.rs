@@ -463,4 +463,32 @@ mod tests {
         assert!(c["args"][1] == "--endpoints=http://kv-client.prod.svc:2379");
         assert!(c.get("env").is_none());
     }
+
+    #[test]
+    fn a_finished_job_of_the_template_triggers_a_reconcile_of_its_cluster() {
+        use crate::backup::trigger::kvcluster_of_finished_job;
+        use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+        let kvc = kvc(3);
+        let names = ClusterNames::of(&kvc).unwrap();
+        let cronjob = build(&kvc, &names, &pvc_backup(), "witan-operator:test").unwrap();
+        // What the CronJob controller creates: the template's labels, in the
+        // CronJob's namespace.
+        let mut metadata = cronjob.spec.unwrap().job_template.metadata.unwrap();
+        metadata.namespace = Some(names.namespace.clone());
+        let job = Job {
+            metadata,
+            status: Some(JobStatus {
+                conditions: Some(vec![JobCondition {
+                    type_: "Complete".into(),
+                    status: "True".into(),
+                    ..JobCondition::default()
+                }]),
+                ..JobStatus::default()
+            }),
+            ..Job::default()
+        };
+        let target = kvcluster_of_finished_job(&job).expect("mapped");
+        assert_eq!(target.name, names.name);
+        assert_eq!(target.namespace.as_deref(), Some(names.namespace.as_str()));
+    }
 }
