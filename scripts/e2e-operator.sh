@@ -35,6 +35,11 @@ pass=0 fail=0
 start=$SECONDS
 check() { # name command...
     local name=$1 t=$SECONDS; shift
+    # WITAN_E2E_ONLY: an extended regex; only the scenarios whose name
+    # matches run (include the ones they build on, e.g. helm|3-member).
+    if [ -n "${WITAN_E2E_ONLY:-}" ] && ! grep -qE -- "$WITAN_E2E_ONLY" <<<"$name"; then
+        return 0
+    fi
     if "$@"; then pass=$((pass + 1)); echo "ok   $name ($((SECONDS - t))s)"
     else fail=$((fail + 1)); echo "FAIL $name ($((SECONDS - t))s)"; fi
 }
@@ -234,6 +239,77 @@ rollout_leader_last() {
     return $status
 }
 
+# --- storage growth ------------------------------------------------------
+# "name=uid" of each member pod, sorted.
+pod_uids() {
+    kubectl -n kv get pods -l witan.io/cluster=kv \
+        -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.uid}{"\n"}{end}' | sort | tr '\n' ' '
+}
+
+# The StatefulSet's volumeClaimTemplates are immutable: raising
+# spec.storage.size makes the operator patch every member's claim, delete the
+# StatefulSet with its pods orphaned and create it again. The same pods keep
+# running (same UIDs, adopted by the new StatefulSet) and serving.
+storage_grows_in_place() {
+    local before sts_uid deadline got
+    before=$(pod_uids)
+    sts_uid=$(kubectl -n kv get statefulset kv -o jsonpath='{.metadata.uid}') || return 1
+    kubectl -n kv patch kvc kv --type merge -p '{"spec":{"storage":{"size":"2Gi"}}}' >/dev/null || return 1
+    deadline=$((SECONDS + 120))
+    until got=$(kubectl -n kv get statefulset kv -o jsonpath='{.metadata.uid} {.spec.volumeClaimTemplates[0].spec.resources.requests.storage}' 2>/dev/null) &&
+        [ "${got#* }" = 2Gi ] && [ "${got% *}" != "$sts_uid" ]; do
+        [ $SECONDS -lt $deadline ] || {
+            echo "  StatefulSet (uid size): '$got'; phase $(kubectl -n kv get kvc kv -o jsonpath='{.status.phase}')"
+            return 1
+        }
+        sleep 0.5
+    done
+    local pod claim
+    for pod in kv-0 kv-1 kv-2; do
+        claim=$(kubectl -n kv get pvc "data-$pod" -o jsonpath='{.spec.resources.requests.storage}')
+        [ "$claim" = 2Gi ] || { echo "  data-$pod requests '$claim'"; return 1; }
+    done
+    # Adopted: every member pod's controller is the new StatefulSet.
+    local new_uid owners
+    new_uid=${got% *}
+    deadline=$((SECONDS + 60))
+    until owners=$(kubectl -n kv get pods -l witan.io/cluster=kv \
+        -o jsonpath='{range .items[*]}{.metadata.ownerReferences[?(@.controller==true)].uid}{"\n"}{end}') &&
+        [ "$(grep -cx "$new_uid" <<<"$owners")" = 3 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "  pod owners: $(tr '\n' ' ' <<<"$owners"), new StatefulSet $new_uid"; return 1; }
+        sleep 0.5
+    done
+    kubectl -n kv wait --for=jsonpath='{.status.phase}'=Running kvc/kv --timeout=60s >/dev/null || return 1
+    kubectl -n kv wait --for=condition=Available kvc/kv --timeout=30s >/dev/null || return 1
+    local after
+    after=$(pod_uids)
+    [ "$before" = "$after" ] || { printf '  pods before: %s\n  pods after:  %s\n' "$before" "$after"; return 1; }
+    local reasons
+    reasons=$(kubectl -n kv get events --field-selector involvedObject.kind=KvCluster,involvedObject.name=kv \
+        -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | sort -u | tr '\n' ' ')
+    for want in ExpandVolumes OrphanStatefulSet RecreateStatefulSet; do
+        grep -qw "$want" <<<"$reasons" || { echo "  no $want event: $reasons"; return 1; }
+    done
+    echo "  same pods: $after"
+    put_get_every_member
+}
+
+# A smaller size, or another StorageClass, is refused by the API server with
+# the CRD's CEL messages.
+storage_shrink_refused() {
+    local out
+    if out=$(printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kv, namespace: kv}\nspec: {replicas: 3, version: %s, storage: {size: 1Gi}}\n' "$ROLLOUT_TAG" |
+        kubectl apply -f - 2>&1); then
+        echo "  a shrink to 1Gi was accepted"; return 1
+    fi
+    grep -q "storage.size cannot shrink" <<<"$out" || { echo "  $out"; return 1; }
+    if out=$(kubectl -n kv patch kvc kv --type merge -p '{"spec":{"storage":{"storageClassName":"other"}}}' 2>&1); then
+        echo "  a new storageClassName was accepted"; return 1
+    fi
+    grep -q "storage.storageClassName cannot change" <<<"$out" || { echo "  $out"; return 1; }
+    [ "$(kubectl -n kv get kvc kv -o jsonpath='{.spec.storage.size}')" = 2Gi ]
+}
+
 deleted_cluster_collected() {
     kubectl -n kv delete kvc kv --wait=true --timeout=60s >/dev/null || return 1
     local kind
@@ -249,6 +325,10 @@ deleted_cluster_collected() {
 BACKUP_NS=kvb
 
 backup_ip() { kubectl -n "$BACKUP_NS" get pod "$1" -o jsonpath='{.status.podIP}'; }
+# One line per backup Job of kvb, with the jsonpath fields given.
+backup_jobs() { # jsonpath fields
+    kubectl -n "$BACKUP_NS" get jobs -l witan.io/backup-of=kvb -o jsonpath="{range .items[*]}$1{\"\\n\"}{end}"
+}
 
 # A KvCluster backs itself up to a PVC every minute: the CronJob's pod (the
 # operator image, `witan-operator backup`) stores a snapshot and the status
@@ -260,21 +340,44 @@ scheduled_backup_lands() {
     printf 'apiVersion: witan.io/v1alpha1\nkind: KvCluster\nmetadata: {name: kvb, namespace: %s}\nspec: {replicas: 1, backup: {schedule: "* * * * *", retention: 3, destination: {pvc: {claimName: kv-backups, subPath: kvb}}}}\n' "$BACKUP_NS" |
         kubectl apply -f - >/dev/null || return 1
     kubectl -n "$BACKUP_NS" wait --for=condition=Available kvc/kvb --timeout=180s >/dev/null || return 1
+    local before
+    before=$(backup_jobs '{.metadata.name}')
     local ip
     ip=$(backup_ip kvb-0)
     etcdctl --endpoints "http://$ip:2379" put backup/a one >/dev/null || return 1
     etcdctl --endpoints "http://$ip:2379" put backup/b two >/dev/null || return 1
-    # Wait for a backup that holds both writes (revision 1 is the empty
-    # store, each put +1): the schedule is a minute, so bounded at three.
-    local revision=0 location deadline=$((SECONDS + 180))
-    while [ "${revision:-0}" -lt 3 ]; do
+    # The first backup Job created after the writes (revision 1 is the empty
+    # store, each put +1, so it holds revision 3 or later): the schedule is
+    # a minute, so bounded at three.
+    local job="" deadline=$((SECONDS + 180))
+    until job=$(backup_jobs '{.metadata.name} {.status.completionTime}' | awk 'NF == 2 { print $1 }' |
+        grep -vxF -f <(printf '%s\n' "$before" | grep .) | head -n 1) && [ -n "$job" ]; do
         if [ $SECONDS -ge $deadline ]; then
-            echo "  no backup with the writes: $(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.conditions}')"
+            echo "  no backup Job finished: $(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.conditions}')"
             return 1
         fi
-        sleep 2
-        revision=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.revision}')
+        sleep 0.5
     done
+    # Its pod's termination message names the backup; the status must report
+    # it within 15 s of the Job finishing, well inside the 60 s after which
+    # a converged cluster is looked at again anyway: the operator watches
+    # the Jobs.
+    local want finished=$SECONDS revision location
+    want=$(kubectl -n "$BACKUP_NS" get pods -l "batch.kubernetes.io/job-name=$job" \
+        -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.message}' |
+        python3 -c 'import json,sys; print(json.load(sys.stdin).get("location", ""))') || return 1
+    [ -n "$want" ] || { echo "  Job $job reported no location"; return 1; }
+    until location=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.location}') &&
+        [ "$location" = "$want" ]; do
+        [ $((SECONDS - finished)) -lt 15 ] || {
+            echo "  Job $job finished $((SECONDS - finished))s ago with $want; status.lastBackup: '$location'"
+            return 1
+        }
+        sleep 0.5
+    done
+    echo "  Job $job reached status.lastBackup $((SECONDS - finished))s after it was seen finished"
+    revision=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.revision}')
+    [ "${revision:-0}" -ge 3 ] || { echo "  the backup after the writes has revision $revision"; return 1; }
     location=$(kubectl -n "$BACKUP_NS" get kvc kvb -o jsonpath='{.status.lastBackup.location}')
     echo "  lastBackup: revision $revision at $location"
     [ -n "$location" ] || { echo "  lastBackup has no location"; return 1; }
@@ -548,6 +651,8 @@ check "etcdctl put/get through every member's pod IP" put_get_every_member
 check "a deleted member pod returns with its data and member ID" deleted_member_returns
 check "scale 3 -> 5 -> 3: never an even number of voters" scale_5_and_back
 check "rollout: a new version replaces every member, the leader last, and no acknowledged write is lost" rollout_leader_last
+check "storage: raising spec.storage.size grows every member claim and re-creates the StatefulSet around the same running pods" storage_grows_in_place
+check "storage: a shrink or a new storageClassName is refused by the CRD's CEL rules" storage_shrink_refused
 check "deleting the KvCluster garbage-collects its children" deleted_cluster_collected
 check "backup: a scheduled backup to a PVC lands and the status reports it" scheduled_backup_lands
 check "restore: a new KvCluster bootstraps from the latest backup with its data" restored_cluster_has_the_data

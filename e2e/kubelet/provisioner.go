@@ -22,16 +22,20 @@ const provisionerName = "witan.test/e2e-local"
 
 // ensureStorageClass creates the default StorageClass whose volumes are
 // directories under --dir/volumes. Immediate binding: there is one kind of
-// node and every volume lives on this machine.
+// node and every volume lives on this machine. Volume expansion is allowed,
+// so a claim may ask for more (the API server's PersistentVolumeClaimResize
+// admission checks the class); a directory has no size to grow, so nothing
+// resizes it and the claim's status keeps the capacity it was bound with.
 func ensureStorageClass(ctx context.Context, client kubernetes.Interface, name string) error {
 	sc := &storagev1.StorageClass{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        name,
 			Annotations: map[string]string{"storageclass.kubernetes.io/is-default-class": "true"},
 		},
-		Provisioner:       provisionerName,
-		ReclaimPolicy:     ptr.To(v1.PersistentVolumeReclaimDelete),
-		VolumeBindingMode: ptr.To(storagev1.VolumeBindingImmediate),
+		Provisioner:          provisionerName,
+		ReclaimPolicy:        ptr.To(v1.PersistentVolumeReclaimDelete),
+		VolumeBindingMode:    ptr.To(storagev1.VolumeBindingImmediate),
+		AllowVolumeExpansion: ptr.To(true),
 	}
 	_, err := client.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {

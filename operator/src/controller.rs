@@ -11,8 +11,8 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
-        batch::v1::CronJob,
-        core::v1::{ConfigMap, Pod, Service},
+        batch::v1::{CronJob, Job},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -38,8 +38,8 @@ use crate::{
     members::MemberApi,
     metrics::Metrics,
     names::{ClusterNames, FIELD_MANAGER},
-    observed::{Observed, ObservedPod},
-    planner::{self, Step},
+    observed::{Observed, ObservedClaim, ObservedPod, ObservedStorage},
+    planner::{self, Step, WaitReason},
     resources, status,
 };
 
@@ -118,6 +118,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .owns(watched::<ConfigMap>(&client, ns), children.clone())
     .owns(watched::<CronJob>(&client, ns), children.clone())
     .owns(watched::<PodDisruptionBudget>(&client, ns), children)
+    // The backup Jobs belong to the CronJob, not the KvCluster: watch them
+    // so a finished backup reaches status.lastBackup at once rather than at
+    // the next periodic requeue.
+    .watches(
+        watched::<Job>(&client, ns),
+        watcher::Config::default().labels(&crate::backup::trigger::job_selector()),
+        |job| crate::backup::trigger::kvcluster_of_finished_job(&job),
+    )
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
@@ -264,9 +272,36 @@ async fn observe(
     access: &Access,
 ) -> Result<Observed> {
     let bootstrapped = kvc.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let Some(statefulset) = statefulset else {
+        if !bootstrapped {
+            return Ok(Observed {
+                bootstrapped,
+                ..Observed::default()
+            });
+        }
+        // A cluster that answered before has no StatefulSet: deleted with its
+        // pods orphaned for a storage change, and the operator stopped
+        // before creating it again. The running pods say how many members.
+        let listed = pods
+            .list(&ListParams::default().labels(&names.selector_string()))
+            .await?;
+        let orphaned_replicas = crate::storage::orphaned_replicas(
+            names,
+            listed.items.iter().map(ResourceExt::name_any),
+        );
+        let membership = match orphaned_replicas {
+            Some(replicas) => observe_membership(names, ctx, replicas, access).await,
+            None => None,
+        };
         return Ok(Observed {
             bootstrapped,
+            membership,
+            pods: observed_pods(&listed.items, None),
+            storage: ObservedStorage {
+                orphaned_replicas,
+                ..ObservedStorage::default()
+            },
             ..Observed::default()
         });
     };
@@ -279,44 +314,16 @@ async fn observe(
         .status
         .as_ref()
         .and_then(|s| s.update_revision.clone());
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let listed = pods
         .list(&ListParams::default().labels(&names.selector_string()))
         .await?;
-    let pods = listed
-        .items
-        .iter()
-        .map(|pod| ObservedPod {
-            name: pod.name_any(),
-            ready: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-            up_to_date: update_revision.is_none()
-                || pod.labels().get("controller-revision-hash") == update_revision.as_ref(),
-        })
-        .collect();
-    let endpoints: Vec<String> = (0..u32::try_from(replicas).unwrap_or(0))
-        .map(|i| names.client_url(&names.member(i)))
-        .collect();
-    let membership = if endpoints.is_empty() {
-        None
-    } else {
-        match ctx.members.observe(names, &endpoints, access).await {
-            Ok(membership) => membership,
-            Err(error) => {
-                // Handled here: an unreachable cluster is an observation.
-                warn!("observing members failed: {error}");
-                None
-            }
-        }
-    };
+    let membership = observe_membership(names, ctx, replicas, access).await;
+    let storage = observe_storage(kvc, names, ctx, statefulset, replicas).await?;
     Ok(Observed {
         statefulset_replicas: Some(replicas),
         bootstrapped,
         membership,
-        pods,
+        pods: observed_pods(&listed.items, update_revision.as_ref()),
         backup_runs: Vec::new(),
         restore_runs: if kvc
             .spec
@@ -328,6 +335,86 @@ async fn observe(
         } else {
             Vec::new()
         },
+        storage,
+    })
+}
+
+/// The member pods; without an `update_revision` every pod is up to date.
+fn observed_pods(pods: &[Pod], update_revision: Option<&String>) -> Vec<ObservedPod> {
+    pods.iter()
+        .map(|pod| ObservedPod {
+            name: pod.name_any(),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            up_to_date: update_revision.is_none()
+                || pod.labels().get("controller-revision-hash") == update_revision,
+        })
+        .collect()
+}
+
+/// The membership as members 0..`replicas` report it; `None` when none
+/// answers.
+async fn observe_membership(
+    names: &ClusterNames,
+    ctx: &Context,
+    replicas: i32,
+    access: &Access,
+) -> Option<crate::observed::Membership> {
+    let endpoints: Vec<String> = (0..u32::try_from(replicas).unwrap_or(0))
+        .map(|i| names.client_url(&names.member(i)))
+        .collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    match ctx.members.observe(names, &endpoints, access).await {
+        Ok(membership) => membership,
+        Err(error) => {
+            // Handled here: an unreachable cluster is an observation.
+            warn!("observing members failed: {error}");
+            None
+        }
+    }
+}
+
+/// The StatefulSet's claim template and, while its size differs from the
+/// spec's, the members' claims.
+async fn observe_storage(
+    kvc: &KvCluster,
+    names: &ClusterNames,
+    ctx: &Context,
+    statefulset: &StatefulSet,
+    replicas: i32,
+) -> Result<ObservedStorage> {
+    let template = resources::statefulset::data_claim_template(statefulset);
+    let template_size = template.and_then(resources::statefulset::claim_request);
+    let template_class = template
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.storage_class_name.clone());
+    let mut claims = Vec::new();
+    if template_size
+        .as_ref()
+        .is_some_and(|size| *size != kvc.spec.storage.size.0)
+    {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        for ordinal in 0..u32::try_from(replicas).unwrap_or(0) {
+            let name = resources::statefulset::claim_name(names, ordinal);
+            if let Some(claim) = api.get_opt(&name).await? {
+                claims.push(ObservedClaim {
+                    name,
+                    requested: resources::statefulset::claim_request(&claim),
+                });
+            }
+        }
+    }
+    Ok(ObservedStorage {
+        template_size,
+        template_class,
+        statefulset_deleting: statefulset.metadata.deletion_timestamp.is_some(),
+        orphaned_replicas: None,
+        claims,
     })
 }
 
@@ -372,14 +459,27 @@ async fn apply_children(
         .await?;
     }
     let replicas = match step {
-        Step::Bootstrap { replicas } | Step::ScaleStatefulSet { replicas } => Some(*replicas),
+        // Applying to an object being deleted would only update it.
+        Step::Wait(WaitReason::StatefulSetDeleting) => None,
+        Step::Bootstrap { replicas }
+        | Step::ScaleStatefulSet { replicas }
+        | Step::RecreateStatefulSet { replicas } => Some(*replicas),
         _ => observed.statefulset_replicas,
     };
     if let Some(replicas) = replicas {
+        let mut statefulset =
+            resources::statefulset::build(kvc, names, replicas, &ctx.backup_image)?;
+        if let Some(size) = &observed.storage.template_size {
+            resources::statefulset::keep_claim_template(
+                &mut statefulset,
+                size,
+                observed.storage.template_class.clone(),
+            );
+        }
         apply(
             &Api::<StatefulSet>::namespaced(client.clone(), ns),
             &names.statefulset(),
-            &resources::statefulset::build(kvc, names, replicas, &ctx.backup_image)?,
+            &statefulset,
         )
         .await?;
     }
@@ -469,9 +569,36 @@ async fn execute(
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
             pods.delete(pod, &DeleteParams::default()).await?;
         }
-        // Applied with the children (Bootstrap, ScaleStatefulSet) or nothing to do.
+        Step::ExpandClaims { claims, size } => {
+            // A merge patch of the one field: the StatefulSet controller owns
+            // the rest of the claim. The API server refuses it when the
+            // StorageClass does not allow expansion; that error is the
+            // step's Warning event, and the retry backs off.
+            let api: Api<PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), &names.namespace);
+            let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
+            for claim in claims {
+                api.patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                info!(claim, size, "requested a larger volume");
+            }
+        }
+        Step::ReplaceStatefulSet { .. } => {
+            // Orphan: the pods keep running (no member goes down) and the
+            // StatefulSet created again adopts them.
+            let statefulsets: Api<StatefulSet> =
+                Api::namespaced(ctx.client.clone(), &names.namespace);
+            let params = DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            };
+            statefulsets.delete(&names.statefulset(), &params).await?;
+        }
+        // Applied with the children (Bootstrap, ScaleStatefulSet,
+        // RecreateStatefulSet) or nothing to do.
         Step::Bootstrap { .. }
         | Step::ScaleStatefulSet { .. }
+        | Step::RecreateStatefulSet { .. }
         | Step::Wait(_)
         | Step::Converged
         | Step::Paused => {}

@@ -141,9 +141,17 @@ fn default_replicas() -> i32 {
 /// A member's volume.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// The class of a PersistentVolume is fixed; the operator grows volumes in
+// place (docs/operator.md), it does not migrate data between classes.
+#[x_kube(validation = Rule::new(STORAGE_CLASS_IMMUTABLE_RULE).message(STORAGE_CLASS_IMMUTABLE_MESSAGE))]
 pub struct StorageSpec {
-    /// Size of each member's volume.
+    /// Size of each member's volume. It may grow after creation (the
+    /// StorageClass must allow volume expansion), never shrink.
     #[serde(default = "default_storage_size")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(string(self))").message("storage.size must be a quantity such as 10Gi"),
+        validation = Rule::new(STORAGE_SIZE_GROWS_RULE).message(STORAGE_SIZE_GROWS_MESSAGE),
+    )]
     pub size: Quantity,
 
     /// StorageClass of the volumes (the cluster default when unset).
@@ -164,6 +172,15 @@ impl Default for StorageSpec {
         }
     }
 }
+
+/// CEL: `storageClassName` is set or unset as it was, and the same.
+pub const STORAGE_CLASS_IMMUTABLE_RULE: &str = "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)";
+pub const STORAGE_CLASS_IMMUTABLE_MESSAGE: &str = "storage.storageClassName cannot change once the cluster exists: its volumes keep their StorageClass";
+/// CEL: the size never shrinks (a size stored before this rule that is not
+/// a quantity does not block updates).
+pub const STORAGE_SIZE_GROWS_RULE: &str = "!isQuantity(string(oldSelf)) || quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0";
+pub const STORAGE_SIZE_GROWS_MESSAGE: &str =
+    "storage.size cannot shrink: a volume can be expanded, never reduced";
 
 fn default_storage_size() -> Quantity {
     Quantity("1Gi".to_string())
@@ -326,6 +343,8 @@ pub enum Phase {
     Scaling,
     /// Members are being replaced one by one.
     Upgrading,
+    /// The members' volumes are being grown (`spec.storage.size`).
+    Resizing,
     /// Serving, but a member is unhealthy or a step cannot proceed.
     Degraded,
     /// No member answers.
@@ -423,6 +442,36 @@ mod tests {
         assert_eq!(crd["spec"]["scope"], "Namespaced");
         assert_eq!(crd["spec"]["names"]["shortNames"], json!(["kvc"]));
         assert_eq!(version(&crd)["name"], "v1alpha1");
+    }
+
+    #[test]
+    fn storage_size_only_grows_and_its_class_is_fixed_by_cel_rules() {
+        let crd = crd_json();
+        let storage = &version(&crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["storage"];
+        let size_rules = storage["properties"]["size"]["x-kubernetes-validations"]
+            .as_array()
+            .expect("size rules");
+        let rules: Vec<&str> = size_rules
+            .iter()
+            .filter_map(|r| r["rule"].as_str())
+            .collect();
+        assert_eq!(
+            rules,
+            ["isQuantity(string(self))", STORAGE_SIZE_GROWS_RULE],
+            "quantities compared as such, not as strings"
+        );
+        assert!(
+            STORAGE_SIZE_GROWS_RULE
+                .contains("quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0")
+        );
+        assert_eq!(size_rules[1]["message"], STORAGE_SIZE_GROWS_MESSAGE);
+        let class_rules = storage["x-kubernetes-validations"]
+            .as_array()
+            .expect("storage rules");
+        assert_eq!(class_rules.len(), 1);
+        assert_eq!(class_rules[0]["rule"], STORAGE_CLASS_IMMUTABLE_RULE);
+        assert_eq!(class_rules[0]["message"], STORAGE_CLASS_IMMUTABLE_MESSAGE);
     }
 
     #[test]

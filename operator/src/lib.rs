@@ -26,8 +26,10 @@ pub mod metrics;
 pub mod names;
 pub mod observed;
 pub mod planner;
+pub mod quantity;
 pub mod resources;
 pub mod restore;
 pub mod status;
+pub mod storage;
 
 pub use crate::error::{Error, Result};

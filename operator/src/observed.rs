@@ -86,6 +86,35 @@ pub struct Observed {
     /// What the member pods' restore init containers last reported (empty
     /// without `spec.bootstrap.restore`).
     pub restore_runs: Vec<crate::restore::observe::RestoreRun>,
+    /// The volumes as they are, for a change of `spec.storage`.
+    pub storage: ObservedStorage,
+}
+
+/// The StatefulSet's volume claim template and the member volumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedStorage {
+    /// `resources.requests.storage` of the StatefulSet's claim template
+    /// (`None` without a StatefulSet).
+    pub template_size: Option<String>,
+    /// `storageClassName` of the claim template.
+    pub template_class: Option<String>,
+    /// The StatefulSet is being deleted (orphaning its pods, to be
+    /// re-created with a new claim template).
+    pub statefulset_deleting: bool,
+    /// Without a StatefulSet, member pods that still run (it was deleted
+    /// with its pods orphaned): the highest ordinal + 1.
+    pub orphaned_replicas: Option<i32>,
+    /// The members' claims, listed only while the template's size differs
+    /// from the spec's.
+    pub claims: Vec<ObservedClaim>,
+}
+
+/// One member's PersistentVolumeClaim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedClaim {
+    pub name: String,
+    /// Its `spec.resources.requests.storage`.
+    pub requested: Option<String>,
 }
 
 impl Observed {

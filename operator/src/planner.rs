@@ -53,6 +53,12 @@ pub enum WaitReason {
     /// `spec.replicas` is not one of 1, 3, 5, 7, 9 (the API server should
     /// have refused it; the CRD may have been installed without the rule).
     InvalidReplicas { replicas: i32 },
+    /// The StatefulSet is being deleted with its pods orphaned (a storage
+    /// change); it is created again once it is gone.
+    StatefulSetDeleting,
+    /// `spec.storage` asks for what cannot be done (a shrink, another
+    /// StorageClass); the CRD's rules should have refused it.
+    StorageChangeRefused { message: String },
 }
 
 /// The single next step.
@@ -78,6 +84,13 @@ pub enum Step {
     RemoveMember { id: u64, member: String },
     /// Delete the pod so the StatefulSet recreates it from the new template.
     ReplacePod { pod: String },
+    /// Patch these member PersistentVolumeClaims to request `size`.
+    ExpandClaims { claims: Vec<String>, size: String },
+    /// Every claim requests the new size: delete the StatefulSet, orphaning
+    /// its pods, to re-create it with the claim template of `size`.
+    ReplaceStatefulSet { size: String },
+    /// Create the StatefulSet again over its orphaned pods, with `replicas`.
+    RecreateStatefulSet { replicas: i32 },
     /// Nothing safe to do now; look again soon.
     Wait(WaitReason),
     /// Everything matches the spec.
@@ -100,6 +113,9 @@ pub fn next_step(spec: &KvClusterSpec, names: &ClusterNames, observed: &Observed
         return Step::Wait(WaitReason::InvalidReplicas {
             replicas: spec.replicas,
         });
+    }
+    if let Some(step) = crate::storage::replacement_step(observed) {
+        return step;
     }
     let Some(statefulset_replicas) = observed.statefulset_replicas else {
         return Step::Bootstrap {
@@ -147,7 +163,13 @@ pub fn next_step(spec: &KvClusterSpec, names: &ClusterNames, observed: &Observed
     if let Some(step) = grow(names, &desired, membership, statefulset_replicas) {
         return step;
     }
-    rollout(names, membership, leader, observed)
+    match rollout(names, membership, leader, observed) {
+        // Volumes change only when nothing else is in motion.
+        Step::Converged => {
+            crate::storage::change_step(&spec.storage, observed).unwrap_or(Step::Converged)
+        }
+        step => step,
+    }
 }
 
 /// Scale down: leftover learners go, leadership moves off leaving voters,
@@ -356,7 +378,9 @@ pub fn initial_cluster(
     names: &ClusterNames,
     observed: &Observed,
 ) -> Option<InitialCluster> {
-    if observed.statefulset_replicas.is_none() {
+    // Pods orphaned by a StatefulSet replacement belong to a cluster that
+    // exists: never tell them to start a new one.
+    if observed.statefulset_replicas.is_none() && observed.storage.orphaned_replicas.is_none() {
         let mut members: Vec<String> = desired_members(names, spec.replicas).into_iter().collect();
         members.sort_by_key(|m| names.ordinal_of(m));
         return Some(InitialCluster {
@@ -437,11 +461,81 @@ mod tests {
             }),
             backup_runs: Vec::new(),
             restore_runs: Vec::new(),
+            storage: crate::observed::ObservedStorage::default(),
         }
     }
 
     fn plan(replicas: i32, observed: &Observed) -> Step {
         next_step(&KvClusterSpec::with_replicas(replicas), &names(), observed)
+    }
+
+    /// `cluster` whose StatefulSet's claim template asks for 1Gi and whose
+    /// claims ask for `claims`.
+    fn with_storage(mut observed: Observed, claims: &[&str]) -> Observed {
+        observed.storage.template_size = Some("1Gi".into());
+        observed.storage.claims = claims
+            .iter()
+            .enumerate()
+            .map(|(i, size)| crate::observed::ObservedClaim {
+                name: format!("data-kv-{i}"),
+                requested: Some((*size).into()),
+            })
+            .collect();
+        observed
+    }
+
+    fn grown(replicas: i32) -> KvClusterSpec {
+        let mut spec = KvClusterSpec::with_replicas(replicas);
+        spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into());
+        spec
+    }
+
+    #[test]
+    fn a_larger_storage_size_on_a_converged_cluster_expands_the_claims_then_replaces_the_statefulset()
+     {
+        let members = vec![leader(0), voter(1), voter(2)];
+        let observed = with_storage(cluster(3, members.clone()), &["1Gi", "1Gi", "1Gi"]);
+        assert_eq!(
+            next_step(&grown(3), &names(), &observed),
+            Step::ExpandClaims {
+                claims: vec!["data-kv-0".into(), "data-kv-1".into(), "data-kv-2".into()],
+                size: "2Gi".into(),
+            }
+        );
+        let patched = with_storage(cluster(3, members), &["2Gi", "2Gi", "2Gi"]);
+        assert_eq!(
+            next_step(&grown(3), &names(), &patched),
+            Step::ReplaceStatefulSet { size: "2Gi".into() }
+        );
+    }
+
+    #[test]
+    fn a_storage_change_waits_for_a_scale_to_finish() {
+        let observed = with_storage(
+            cluster(3, vec![leader(0), voter(1), voter(2)]),
+            &["1Gi", "1Gi", "1Gi"],
+        );
+        assert_eq!(
+            next_step(&grown(5), &names(), &observed),
+            Step::AddLearner {
+                member: "kv-3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_bootstrapped_cluster_whose_statefulset_was_orphaned_is_recreated_not_bootstrapped() {
+        let mut observed = cluster(3, vec![leader(0), voter(1), voter(2)]);
+        observed.statefulset_replicas = None;
+        observed.storage.orphaned_replicas = Some(3);
+        assert_eq!(
+            plan(3, &observed),
+            Step::RecreateStatefulSet { replicas: 3 }
+        );
+        // Its ConfigMap keeps saying `existing`: the members are running.
+        let initial = initial_cluster(&KvClusterSpec::with_replicas(3), &names(), &observed)
+            .expect("membership known");
+        assert_eq!(initial.state, ClusterState::Existing);
     }
 
     fn set_pod(observed: &mut Observed, name: &str, ready: bool, up_to_date: bool) {

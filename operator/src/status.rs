@@ -98,6 +98,7 @@ pub fn compute(
             WaitReason::ForeignMember { .. }
                 | WaitReason::EvenVoters { .. }
                 | WaitReason::InvalidReplicas { .. }
+                | WaitReason::StorageChangeRefused { .. }
         )
     );
     let degraded = if !unhealthy.is_empty() {
@@ -127,6 +128,10 @@ pub fn compute(
         Step::Bootstrap { .. } | Step::Wait(WaitReason::MembersStarting) => Phase::Creating,
         Step::Wait(WaitReason::ClusterUnreachable) => Phase::Unavailable,
         Step::ReplacePod { .. } => Phase::Upgrading,
+        Step::ExpandClaims { .. }
+        | Step::ReplaceStatefulSet { .. }
+        | Step::RecreateStatefulSet { .. }
+        | Step::Wait(WaitReason::StatefulSetDeleting) => Phase::Resizing,
         Step::TransferLeadership { .. } if observed.pods.iter().any(|p| !p.up_to_date) => {
             Phase::Upgrading
         }
@@ -223,6 +228,9 @@ pub fn step_reason(step: &Step) -> &'static str {
         Step::TransferLeadership { .. } => "TransferLeadership",
         Step::RemoveMember { .. } => "RemoveMember",
         Step::ReplacePod { .. } => "ReplaceMember",
+        Step::ExpandClaims { .. } => "ExpandVolumes",
+        Step::ReplaceStatefulSet { .. } => "OrphanStatefulSet",
+        Step::RecreateStatefulSet { .. } => "RecreateStatefulSet",
         Step::Converged => "Converged",
         Step::Wait(reason) => match reason {
             WaitReason::MembersStarting => "MembersStarting",
@@ -233,6 +241,8 @@ pub fn step_reason(step: &Step) -> &'static str {
             WaitReason::ForeignMember { .. } => "ForeignMember",
             WaitReason::EvenVoters { .. } => "EvenVoters",
             WaitReason::InvalidReplicas { .. } => "InvalidReplicas",
+            WaitReason::StatefulSetDeleting => "StatefulSetDeleting",
+            WaitReason::StorageChangeRefused { .. } => "StorageChangeRefused",
         },
     }
 }
@@ -256,6 +266,15 @@ pub fn step_message(step: &Step) -> String {
         }
         Step::RemoveMember { member, id } => format!("removing member {member} ({id:x})"),
         Step::ReplacePod { pod } => format!("replacing {pod} with the new template"),
+        Step::ExpandClaims { claims, size } => {
+            format!("requesting {size} for the volumes {}", claims.join(", "))
+        }
+        Step::ReplaceStatefulSet { size } => format!(
+            "deleting the StatefulSet with its pods orphaned (they keep running) to create it again with {size} volumes"
+        ),
+        Step::RecreateStatefulSet { replicas } => format!(
+            "creating the StatefulSet again with the new volume size; it adopts the {replicas} running members"
+        ),
         Step::Converged => "the cluster matches the spec".into(),
         Step::Wait(reason) => match reason {
             WaitReason::MembersStarting => "waiting for the founding members to answer".into(),
@@ -276,6 +295,10 @@ pub fn step_message(step: &Step) -> String {
             WaitReason::InvalidReplicas { replicas } => {
                 format!("spec.replicas={replicas} is not one of 1, 3, 5, 7, 9")
             }
+            WaitReason::StatefulSetDeleting => {
+                "waiting for the StatefulSet to be deleted (its pods keep running)".into()
+            }
+            WaitReason::StorageChangeRefused { message } => message.clone(),
         },
     }
 }
@@ -320,6 +343,7 @@ mod tests {
                 .collect(),
             backup_runs: Vec::new(),
             restore_runs: Vec::new(),
+            storage: crate::observed::ObservedStorage::default(),
         }
     }
 

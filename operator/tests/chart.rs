@@ -117,9 +117,10 @@ fn expect_grants(expected: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> 
 const OPERATOR_GRANTS: &[(&str, &[&str])] = &[
     ("witan.io/kvclusters", &["list", "watch"]),
     ("witan.io/kvclusters/status", &["patch"]),
+    // delete: orphaned and re-created when spec.storage.size grows.
     (
         "apps/statefulsets",
-        &["get", "list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     ("/services", &["list", "watch", "create", "patch"]),
     ("/configmaps", &["list", "watch", "create", "patch"]),
@@ -128,10 +129,13 @@ const OPERATOR_GRANTS: &[(&str, &[&str])] = &[
         &["list", "watch", "create", "patch"],
     ),
     ("/pods", &["list", "delete"]),
+    // spec.storage.size grows: read each member claim, request more.
+    ("/persistentvolumeclaims", &["get", "patch"]),
     (
         "batch/cronjobs",
         &["list", "watch", "create", "patch", "delete"],
     ),
+    // A finished backup Job triggers a reconcile of its KvCluster.
     ("batch/jobs", &["list", "watch"]),
     ("events.k8s.io/events", &["create", "patch"]),
     // spec.tls and spec.auth (operator/src/controller/security.rs): read

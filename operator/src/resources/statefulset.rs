@@ -474,10 +474,70 @@ fn restore_init_containers(
     vec![fetch, apply]
 }
 
+/// The name of each member's volume claim template (and volume).
+pub const DATA_VOLUME: &str = "data";
+
+/// The PersistentVolumeClaim the StatefulSet made for member `ordinal`.
+#[must_use]
+pub fn claim_name(names: &ClusterNames, ordinal: u32) -> String {
+    format!("{DATA_VOLUME}-{}", names.member(ordinal))
+}
+
+/// The `data` claim template of a StatefulSet.
+#[must_use]
+pub fn data_claim_template(statefulset: &StatefulSet) -> Option<&PersistentVolumeClaim> {
+    statefulset
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some(DATA_VOLUME))
+}
+
+/// `spec.resources.requests.storage` of a claim or claim template.
+#[must_use]
+pub fn claim_request(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|q| q.0.clone())
+}
+
+/// Keep the claim template of a StatefulSet that exists: its
+/// `volumeClaimTemplates` cannot change, so a new `spec.storage` reaches it
+/// only when it is created again (see `crate::storage`).
+pub fn keep_claim_template(statefulset: &mut StatefulSet, size: &str, class: Option<String>) {
+    let template = statefulset
+        .spec
+        .as_mut()
+        .and_then(|s| s.volume_claim_templates.as_mut())
+        .and_then(|t| {
+            t.iter_mut()
+                .find(|t| t.metadata.name.as_deref() == Some(DATA_VOLUME))
+        })
+        .and_then(|t| t.spec.as_mut());
+    if let Some(spec) = template {
+        spec.storage_class_name = class;
+        spec.resources = Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "storage".to_string(),
+                Quantity(size.to_string()),
+            )])),
+            limits: None,
+        });
+    }
+}
+
 fn volume_claim_template(kvc: &KvCluster) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
-            name: Some("data".into()),
+            name: Some(DATA_VOLUME.into()),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -547,6 +607,32 @@ mod tests {
             spec["template"]["metadata"]["labels"]["app.kubernetes.io/instance"],
             "kv"
         );
+    }
+
+    #[test]
+    fn an_existing_statefulset_keeps_its_claim_template_and_its_claims_are_named_by_member() {
+        let mut kvc = kvc(3);
+        kvc.spec.storage.size = Quantity("8Gi".into());
+        let names = ClusterNames::of(&kvc).unwrap();
+        let mut sts = build(&kvc, &names, 3, "witan-operator:test").unwrap();
+        assert_eq!(
+            claim_request(data_claim_template(&sts).unwrap()).as_deref(),
+            Some("8Gi")
+        );
+        keep_claim_template(&mut sts, "1Gi", Some("slow".into()));
+        let template = data_claim_template(&sts).unwrap();
+        assert_eq!(claim_request(template).as_deref(), Some("1Gi"));
+        assert_eq!(
+            template
+                .spec
+                .as_ref()
+                .unwrap()
+                .storage_class_name
+                .as_deref(),
+            Some("slow")
+        );
+        // What the StatefulSet controller names them: <template>-<pod>.
+        assert_eq!(claim_name(&names, 2), "data-kv-2");
     }
 
     #[test]
