@@ -578,8 +578,15 @@ async fn execute(
                 Api::namespaced(ctx.client.clone(), &names.namespace);
             let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
             for claim in claims {
-                api.patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                api.patch(
+                    claim,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PatchParams::default()
+                    },
+                    &Patch::Merge(&patch),
+                )
+                .await?;
                 info!(claim, size, "requested a larger volume");
             }
         }

@@ -158,7 +158,12 @@ async fn expect(server: &mut ApiServer, method: Method, path: &str, reply: Reply
     if method == Method::PATCH {
         let query = request.uri().query().unwrap_or_default();
         assert!(query.contains("fieldManager=witan-operator"), "{query}");
-        assert!(query.contains("force=true"), "{query}");
+        // The API server takes `force` on server-side apply only.
+        let apply = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t == "application/apply-patch+yaml");
+        assert_eq!(query.contains("force=true"), apply, "{query}");
     }
     let bytes = request
         .into_body()
@@ -877,5 +882,196 @@ async fn without_cert_manager_an_event_says_so_and_the_rest_is_reconciled() {
             .contains("cert-manager.io/v1 Certificate")
     );
     expect_bootstrap_rest(&mut server).await;
+    reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+// --- spec.storage.size grows ----------------------------------------------
+
+const CLAIMS: &str = "/api/v1/namespaces/prod/persistentvolumeclaims";
+
+fn claim(ordinal: u32, size: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": format!("data-kv-{ordinal}"), "namespace": "prod"},
+        "spec": {"resources": {"requests": {"storage": size}}}
+    })
+}
+
+/// A 3-member KvCluster that asks for 2Gi volumes (the StatefulSet of
+/// `existing_statefulset` has 1Gi) and has answered before.
+fn grown() -> KvCluster {
+    let mut kvc = kvc(3);
+    kvc.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into());
+    kvc.status = Some(KvClusterStatus {
+        cluster_id: Some("c1".into()),
+        ..KvClusterStatus::default()
+    });
+    kvc
+}
+
+fn template_size(sts: &Value) -> &Value {
+    &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+}
+
+/// The start of a reconcile of `grown()` on a converged cluster whose
+/// claims request `claims`: up to the StatefulSet's apply, which keeps the
+/// old claim template (it cannot change).
+async fn expect_grown_until_the_statefulset(server: &mut ApiServer, claims: [&str; 3]) {
+    expect(
+        server,
+        Method::GET,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    expect(server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    for (ordinal, size) in (0..).zip(claims) {
+        let path = format!("{CLAIMS}/data-kv-{ordinal}");
+        expect(
+            server,
+            Method::GET,
+            &path,
+            Reply::Json(claim(ordinal, size)),
+        )
+        .await;
+    }
+    expect_fixed_children(server, true).await;
+    let sts = expect(server, Method::PATCH, STS, Reply::Echo).await;
+    assert_eq!(template_size(&sts), "1Gi", "an existing template is kept");
+}
+
+/// The step's Event, then the status written after it: phase Resizing.
+async fn expect_resizing_step(server: &mut ApiServer, reason: &str) {
+    let event = expect(server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], reason);
+    let status = status_of(&expect(server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Resizing));
+}
+
+fn healthy() -> Arc<FakeMembers> {
+    Arc::new(FakeMembers {
+        membership: Some(healthy_three()),
+        ..FakeMembers::default()
+    })
+}
+
+#[tokio::test]
+async fn a_larger_storage_size_patches_the_claims_that_ask_for_less() {
+    let (ctx, mut server) = context(healthy());
+    let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
+
+    // data-kv-0 was patched before an operator restart: left alone.
+    expect_grown_until_the_statefulset(&mut server, ["2Gi", "1Gi", "1Gi"]).await;
+    for path in [format!("{CLAIMS}/data-kv-1"), format!("{CLAIMS}/data-kv-2")] {
+        let patch = expect(&mut server, Method::PATCH, &path, Reply::Echo).await;
+        assert_eq!(
+            patch,
+            json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+    }
+    expect_resizing_step(&mut server, "ExpandVolumes").await;
+
+    let action = reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn a_refused_claim_patch_is_a_warning_with_the_api_servers_message_and_backs_off() {
+    let (ctx, mut server) = context(healthy());
+    let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
+
+    expect_grown_until_the_statefulset(&mut server, ["1Gi", "1Gi", "1Gi"]).await;
+    // What the PersistentVolumeClaimResize admission answers.
+    let (request, send) = server.next_request().await.expect("the claim patch");
+    assert_eq!(request.uri().path(), format!("{CLAIMS}/data-kv-0"));
+    let message = "persistentvolumeclaims \"data-kv-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .body(Body::from(
+                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": message}))
+                .unwrap(),
+            ))
+            .unwrap(),
+    );
+    let event = expect(&mut server, Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "ExpandVolumes");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("must support resize"),
+        "{event}"
+    );
+    reconcile.await.unwrap().expect_err("the reconcile fails");
+}
+
+#[tokio::test]
+async fn once_every_claim_asks_for_the_new_size_the_statefulset_is_deleted_orphaning_its_pods() {
+    let (ctx, mut server) = context(healthy());
+    let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
+
+    expect_grown_until_the_statefulset(&mut server, ["2Gi", "2Gi", "2Gi"]).await;
+    let options = expect(
+        &mut server,
+        Method::DELETE,
+        STS,
+        Reply::Json(existing_statefulset(3)),
+    )
+    .await;
+    assert_eq!(options["propagationPolicy"], "Orphan");
+    expect_resizing_step(&mut server, "OrphanStatefulSet").await;
+    reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn a_statefulset_being_deleted_is_left_alone() {
+    let (ctx, mut server) = context(healthy());
+    let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
+
+    let mut deleting = existing_statefulset(3);
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-24T21:00:00Z");
+    expect(&mut server, Method::GET, STS, Reply::Json(deleting)).await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    for ordinal in 0..3 {
+        let path = format!("{CLAIMS}/data-kv-{ordinal}");
+        expect(
+            &mut server,
+            Method::GET,
+            &path,
+            Reply::Json(claim(ordinal, "2Gi")),
+        )
+        .await;
+    }
+    expect_fixed_children(&mut server, true).await;
+    // No apply of the StatefulSet (it would update the object being
+    // deleted), no event: the next step comes when it is gone.
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    assert_eq!(status.phase, Some(Phase::Resizing));
+    let action = reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn orphaned_members_get_their_statefulset_again_with_the_new_claim_template() {
+    // As after an operator restart between the delete and the re-create.
+    let (ctx, mut server) = context(healthy());
+    let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
+
+    expect(&mut server, Method::GET, STS, Reply::NotFound).await;
+    expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    let configmap = expect_fixed_children(&mut server, true).await.unwrap();
+    assert_eq!(
+        configmap["data"]["WITAN_INITIAL_CLUSTER_STATE"], "existing",
+        "running members are never told to start a new cluster"
+    );
+    let sts = expect(&mut server, Method::PATCH, STS, Reply::Echo).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(template_size(&sts), "2Gi");
+    expect_resizing_step(&mut server, "RecreateStatefulSet").await;
     reconcile.await.unwrap().expect("reconcile succeeds");
 }
