@@ -106,30 +106,35 @@ pub const OPERATOR_POD_NAME_LABEL: &str = "witan-operator";
 /// their children in `namespace`, or in every namespace when `None` (the
 /// Helm chart grants a Role or a ClusterRole to match).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
-    let client = ctx.client.clone();
-    let ns = namespace.as_deref();
+    controller(&ctx.client, namespace.as_deref())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The controller: KvClusters, the children they own, and the backup Jobs.
+fn controller(client: &Client, ns: Option<&str>) -> Controller<KvCluster> {
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=witan-operator");
     Controller::new(
-        watched::<KvCluster>(&client, ns),
+        watched::<KvCluster>(client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(watched::<StatefulSet>(&client, ns), children.clone())
-    .owns(watched::<Service>(&client, ns), children.clone())
-    .owns(watched::<ConfigMap>(&client, ns), children.clone())
-    .owns(watched::<CronJob>(&client, ns), children.clone())
-    .owns(watched::<PodDisruptionBudget>(&client, ns), children)
-    // The backup Jobs belong to the CronJob, not the KvCluster: watch them
-    // so a finished backup reaches status.lastBackup at once rather than at
-    // the next periodic requeue.
+    .owns(watched::<StatefulSet>(client, ns), children.clone())
+    .owns(watched::<Service>(client, ns), children.clone())
+    .owns(watched::<ConfigMap>(client, ns), children.clone())
+    .owns(watched::<CronJob>(client, ns), children.clone())
+    .owns(watched::<PodDisruptionBudget>(client, ns), children)
+    // The backup Jobs belong to the CronJob, not the KvCluster: a finished
+    // one reconciles its KvCluster directly, so status.lastBackup does not
+    // depend on the CronJob controller updating the CronJob's status (which
+    // today also wakes the controller through `owns`) nor on the periodic
+    // requeue.
     .watches(
-        watched::<Job>(&client, ns),
+        watched::<Job>(client, ns),
         watcher::Config::default().labels(&crate::backup::trigger::job_selector()),
         |job| crate::backup::trigger::kvcluster_of_finished_job(&job),
     )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
 }
 
 /// The API of `K` in one namespace, or in all of them.
@@ -170,7 +175,7 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
     if kvc.spec.backup.is_some() {
         observed.backup_runs = observe_backups(&names, &ctx).await?;
     }
-    let step = planner::next_step(&kvc.spec, &names, &observed);
+    let mut step = planner::next_step(&kvc.spec, &names, &observed);
 
     if step != Step::Paused {
         apply_children(&kvc, &names, &ctx, &observed, &step).await?;
@@ -183,7 +188,12 @@ pub async fn reconcile(kvc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Action>
                 format!("{}: {error}", status::step_message(&step)),
             )
             .await;
-            return Err(error);
+            // Volumes the API server will not expand: said in the status
+            // (Degraded), looked at again later; everything else goes on.
+            match crate::storage::expansion_refused(&step, &error) {
+                Some(message) => step = Step::Wait(WaitReason::StorageChangeRefused { message }),
+                None => return Err(error),
+            }
         }
         if is_change(&step) {
             info!(step = ?step, "took a step");
@@ -245,7 +255,10 @@ pub fn backoff(failures: u32) -> Duration {
 #[must_use]
 pub fn requeue_after(step: &Step) -> Duration {
     match step {
-        Step::Converged | Step::Paused => Duration::from_secs(60),
+        // A refused storage change waits for a human (or the StorageClass).
+        Step::Converged | Step::Paused | Step::Wait(WaitReason::StorageChangeRefused { .. }) => {
+            Duration::from_secs(60)
+        }
         Step::Wait(_) => Duration::from_secs(10),
         _ => Duration::from_secs(2),
     }

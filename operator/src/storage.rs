@@ -17,6 +17,7 @@
 //! reports it as `Degraded` and keeps the volumes as they are.
 
 use crate::{
+    Error,
     crd::StorageSpec,
     names::ClusterNames,
     observed::Observed,
@@ -94,6 +95,26 @@ pub fn change_step(spec: &StorageSpec, observed: &Observed) -> Option<Step> {
             claims: smaller,
             size: spec.size.0.clone(),
         })
+    }
+}
+
+/// When the API server refused to expand a claim (403: the
+/// PersistentVolumeClaimResize admission, the StorageClass does not allow
+/// expansion; 422: the claim cannot change), what to report. The cluster
+/// itself is fine: the controller reports it as `Degraded` and looks again
+/// later, rather than failing every reconcile (the spec cannot simply go
+/// back, as the CRD refuses a shrink). Other errors are `None`.
+#[must_use]
+pub fn expansion_refused(step: &Step, error: &Error) -> Option<String> {
+    let Step::ExpandClaims { size, .. } = step else {
+        return None;
+    };
+    match error {
+        Error::Kube(kube::Error::Api(status)) if matches!(status.code, 403 | 422) => Some(format!(
+            "the API server refused to expand the volumes to {size}: {} (the StorageClass must allow volume expansion)",
+            status.message
+        )),
+        _ => None,
     }
 }
 
@@ -265,6 +286,39 @@ mod tests {
         assert_eq!(
             replacement_step(&observed),
             Some(Step::RecreateStatefulSet { replicas: 3 })
+        );
+    }
+
+    fn api_error(code: u16, message: &str) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..kube::core::Status::default()
+        })))
+    }
+
+    #[test]
+    fn a_refused_expansion_is_reported_with_the_api_servers_message() {
+        let step = Step::ExpandClaims {
+            claims: vec!["data-kv-0".into()],
+            size: "2Gi".into(),
+        };
+        let message = expansion_refused(&step, &api_error(403, "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize")).expect("refused");
+        assert!(
+            message.contains("to 2Gi: only dynamically provisioned pvc"),
+            "{message}"
+        );
+        assert!(expansion_refused(&step, &api_error(422, "invalid")).is_some());
+        // Anything else is an ordinary failure, retried with backoff.
+        assert_eq!(
+            expansion_refused(&step, &api_error(500, "etcd timeout")),
+            None
+        );
+        assert_eq!(expansion_refused(&step, &api_error(409, "conflict")), None);
+        let other = Step::ReplaceStatefulSet { size: "2Gi".into() };
+        assert_eq!(
+            expansion_refused(&other, &api_error(403, "forbidden")),
+            None
         );
     }
 

@@ -976,7 +976,7 @@ async fn a_larger_storage_size_patches_the_claims_that_ask_for_less() {
 }
 
 #[tokio::test]
-async fn a_refused_claim_patch_is_a_warning_with_the_api_servers_message_and_backs_off() {
+async fn a_refused_claim_patch_is_a_warning_and_degraded_with_the_api_servers_message() {
     let (ctx, mut server) = context(healthy());
     let reconcile = tokio::spawn(reconcile(Arc::new(grown()), ctx));
 
@@ -1006,7 +1006,27 @@ async fn a_refused_claim_patch_is_a_warning_with_the_api_servers_message_and_bac
             .contains("must support resize"),
         "{event}"
     );
-    reconcile.await.unwrap().expect_err("the reconcile fails");
+    // The cluster is fine: the status says what is wrong, and the
+    // operator looks again in a minute rather than failing every reconcile.
+    let status =
+        status_of(&expect(&mut server, Method::PATCH, STATUS, Reply::Json(stored())).await);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::status::DEGRADED)
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "StorageChangeRefused")
+    );
+    assert!(
+        degraded.message.contains("must support resize"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    let action = reconcile.await.unwrap().expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
 #[tokio::test]
@@ -1074,4 +1094,38 @@ async fn orphaned_members_get_their_statefulset_again_with_the_new_claim_templat
     assert_eq!(template_size(&sts), "2Gi");
     expect_resizing_step(&mut server, "RecreateStatefulSet").await;
     reconcile.await.unwrap().expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn the_controller_watches_the_backup_jobs_by_their_labels() {
+    let (ctx, mut server) = context(Arc::new(FakeMembers::default()));
+    let driver = tokio::spawn(
+        controller(&ctx.client, Some("prod"))
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(())),
+    );
+    // Each watched kind is listed (then watched); unanswered requests only
+    // make the watchers retry. Look for the Jobs among them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let query = loop {
+        let (request, _unanswered) = tokio::time::timeout_at(deadline, server.next_request())
+            .await
+            .expect("no request for the backup Jobs")
+            .expect("client gone");
+        if request.uri().path() == "/apis/batch/v1/namespaces/prod/jobs" {
+            break request.uri().query().unwrap_or_default().to_string();
+        }
+    };
+    driver.abort();
+    let decoded = query
+        .replace("%2F", "/")
+        .replace("%3D", "=")
+        .replace("%2C", ",");
+    assert!(
+        decoded.contains(&format!(
+            "labelSelector={}",
+            crate::backup::trigger::job_selector()
+        )),
+        "{query}"
+    );
 }
