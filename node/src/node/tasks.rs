@@ -25,16 +25,20 @@ const MAX_REVOKES_PER_SWEEP: usize = 250;
 /// Restarts every lease's TTL when this member becomes leader, since the
 /// previous leader's keep-alives were not replicated.
 pub async fn promote_leases_on_leadership(member: Arc<Member>, mut stop: watch::Receiver<bool>) {
-    let mut metrics = member.raft.metrics();
+    // The server metrics change with the vote, role and membership only;
+    // the full metrics change on every append and would wake this task
+    // for every write.
+    let mut metrics = member.raft.server_metrics();
     let mut led_term = None;
     loop {
         {
             let m = metrics.borrow_and_update();
+            let term = m.vote.leader_id().get_term();
             let leading = m.state == ServerState::Leader && m.current_leader == Some(member.id);
-            if leading && led_term != Some(m.current_term) {
-                led_term = Some(m.current_term);
+            if leading && led_term != Some(term) {
+                led_term = Some(term);
                 member.lessor.promote(Instant::now());
-                tracing::info!(member = %format!("{:x}", member.id), term = m.current_term, "became leader; lease clocks restarted");
+                tracing::info!(member = %format!("{:x}", member.id), term, "became leader; lease clocks restarted");
             } else if !leading {
                 led_term = None;
             }
