@@ -251,13 +251,28 @@ pod_uids() {
 # StatefulSet with its pods orphaned and create it again. The same pods keep
 # running (same UIDs, adopted by the new StatefulSet) and serving.
 storage_grows_in_place() {
-    local before sts_uid deadline got
+    local before sts_uid
     before=$(pod_uids)
     sts_uid=$(kubectl -n kv get statefulset kv -o jsonpath='{.metadata.uid}') || return 1
     kubectl -n kv patch kvc kv --type merge -p '{"spec":{"storage":{"size":"2Gi"}}}' >/dev/null || return 1
+    statefulset_regrown 2Gi "$sts_uid" "$before" || return 1
+    local reasons
+    reasons=$(kubectl -n kv get events --field-selector involvedObject.kind=KvCluster,involvedObject.name=kv \
+        -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | sort -u | tr '\n' ' ')
+    for want in ExpandVolumes OrphanStatefulSet RecreateStatefulSet; do
+        grep -qw "$want" <<<"$reasons" || { echo "  no $want event: $reasons"; return 1; }
+    done
+    put_get_every_member
+}
+
+# After a storage change: a new StatefulSet (not uid $2) with a claim
+# template of $1, every member claim requesting $1, the member pods adopted
+# by it and the same as before ($3, from pod_uids), the cluster Running.
+statefulset_regrown() { # size old-statefulset-uid pod-uids-before
+    local size=$1 sts_uid=$2 before=$3 deadline got
     deadline=$((SECONDS + 120))
     until got=$(kubectl -n kv get statefulset kv -o jsonpath='{.metadata.uid} {.spec.volumeClaimTemplates[0].spec.resources.requests.storage}' 2>/dev/null) &&
-        [ "${got#* }" = 2Gi ] && [ "${got% *}" != "$sts_uid" ]; do
+        [ "${got#* }" = "$size" ] && [ "${got% *}" != "$sts_uid" ]; do
         [ $SECONDS -lt $deadline ] || {
             echo "  StatefulSet (uid size): '$got'; phase $(kubectl -n kv get kvc kv -o jsonpath='{.status.phase}')"
             return 1
@@ -267,7 +282,7 @@ storage_grows_in_place() {
     local pod claim
     for pod in kv-0 kv-1 kv-2; do
         claim=$(kubectl -n kv get pvc "data-$pod" -o jsonpath='{.spec.resources.requests.storage}')
-        [ "$claim" = 2Gi ] || { echo "  data-$pod requests '$claim'"; return 1; }
+        [ "$claim" = "$size" ] || { echo "  data-$pod requests '$claim'"; return 1; }
     done
     # Adopted: every member pod's controller is the new StatefulSet.
     local new_uid owners
@@ -284,13 +299,24 @@ storage_grows_in_place() {
     local after
     after=$(pod_uids)
     [ "$before" = "$after" ] || { printf '  pods before: %s\n  pods after:  %s\n' "$before" "$after"; return 1; }
-    local reasons
-    reasons=$(kubectl -n kv get events --field-selector involvedObject.kind=KvCluster,involvedObject.name=kv \
-        -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | sort -u | tr '\n' ' ')
-    for want in ExpandVolumes OrphanStatefulSet RecreateStatefulSet; do
-        grep -qw "$want" <<<"$reasons" || { echo "  no $want event: $reasons"; return 1; }
-    done
     echo "  same pods: $after"
+}
+
+# Resumable: with the operator stopped, the StatefulSet is deleted with its
+# pods orphaned (as the operator's own step does) and the size raised; the
+# operator, started again, grows the claims first and then creates the
+# StatefulSet again around the same pods.
+storage_resumes_without_a_statefulset() {
+    local before sts_uid
+    before=$(pod_uids)
+    sts_uid=$(kubectl -n kv get statefulset kv -o jsonpath='{.metadata.uid}') || return 1
+    kubectl -n witan-system scale deploy --all --replicas=0 >/dev/null || return 1
+    kubectl -n witan-system wait --for=delete pod --all --timeout=90s >/dev/null || return 1
+    kubectl -n kv delete statefulset kv --cascade=orphan --wait=true --timeout=60s >/dev/null || return 1
+    kubectl -n kv patch kvc kv --type merge -p '{"spec":{"storage":{"size":"3Gi"}}}' >/dev/null || return 1
+    kubectl -n witan-system scale deploy --all --replicas=1 >/dev/null || return 1
+    statefulset_regrown 3Gi "$sts_uid" "$before" || return 1
+    kubectl -n witan-system wait --for=condition=Available deploy --all --timeout=60s >/dev/null || return 1
     put_get_every_member
 }
 
@@ -653,6 +679,7 @@ check "scale 3 -> 5 -> 3: never an even number of voters" scale_5_and_back
 check "rollout: a new version replaces every member, the leader last, and no acknowledged write is lost" rollout_leader_last
 check "storage: raising spec.storage.size grows every member claim and re-creates the StatefulSet around the same running pods" storage_grows_in_place
 check "storage: a shrink or a new storageClassName is refused by the CRD's CEL rules" storage_shrink_refused
+check "storage: with the operator stopped, the StatefulSet orphan-deleted and the size raised, the restarted operator grows the claims and re-creates it around the same pods" storage_resumes_without_a_statefulset
 check "deleting the KvCluster garbage-collects its children" deleted_cluster_collected
 check "backup: a scheduled backup to a PVC lands and the status reports it" scheduled_backup_lands
 check "restore: a new KvCluster bootstraps from the latest backup with its data" restored_cluster_has_the_data

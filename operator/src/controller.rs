@@ -303,9 +303,12 @@ async fn observe(
             names,
             listed.items.iter().map(ResourceExt::name_any),
         );
-        let membership = match orphaned_replicas {
-            Some(replicas) => observe_membership(names, ctx, replicas, access).await,
-            None => None,
+        let (membership, claims) = match orphaned_replicas {
+            Some(replicas) => (
+                observe_membership(names, ctx, replicas, access).await,
+                observe_claims(names, ctx, replicas).await?,
+            ),
+            None => (None, Vec::new()),
         };
         return Ok(Observed {
             bootstrapped,
@@ -313,6 +316,7 @@ async fn observe(
             pods: observed_pods(&listed.items, None),
             storage: ObservedStorage {
                 orphaned_replicas,
+                claims,
                 ..ObservedStorage::default()
             },
             ..Observed::default()
@@ -406,22 +410,14 @@ async fn observe_storage(
     let template_class = template
         .and_then(|t| t.spec.as_ref())
         .and_then(|s| s.storage_class_name.clone());
-    let mut claims = Vec::new();
-    if template_size
+    let claims = if template_size
         .as_ref()
         .is_some_and(|size| *size != kvc.spec.storage.size.0)
     {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
-        for ordinal in 0..u32::try_from(replicas).unwrap_or(0) {
-            let name = resources::statefulset::claim_name(names, ordinal);
-            if let Some(claim) = api.get_opt(&name).await? {
-                claims.push(ObservedClaim {
-                    name,
-                    requested: resources::statefulset::claim_request(&claim),
-                });
-            }
-        }
-    }
+        observe_claims(names, ctx, replicas).await?
+    } else {
+        Vec::new()
+    };
     Ok(ObservedStorage {
         template_size,
         template_class,
@@ -429,6 +425,26 @@ async fn observe_storage(
         orphaned_replicas: None,
         claims,
     })
+}
+
+/// The claims of members 0..`replicas` that exist, and what they request.
+async fn observe_claims(
+    names: &ClusterNames,
+    ctx: &Context,
+    replicas: i32,
+) -> Result<Vec<ObservedClaim>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let mut claims = Vec::new();
+    for ordinal in 0..u32::try_from(replicas).unwrap_or(0) {
+        let name = resources::statefulset::claim_name(names, ordinal);
+        if let Some(claim) = api.get_opt(&name).await? {
+            claims.push(ObservedClaim {
+                name,
+                requested: resources::statefulset::claim_request(&claim),
+            });
+        }
+    }
+    Ok(claims)
 }
 
 /// Server-side apply of every child. The StatefulSet keeps its replicas

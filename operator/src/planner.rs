@@ -114,7 +114,7 @@ pub fn next_step(spec: &KvClusterSpec, names: &ClusterNames, observed: &Observed
             replicas: spec.replicas,
         });
     }
-    if let Some(step) = crate::storage::replacement_step(observed) {
+    if let Some(step) = crate::storage::replacement_step(&spec.storage, observed) {
         return step;
     }
     let Some(statefulset_replicas) = observed.statefulset_replicas else {

@@ -20,15 +20,19 @@ use crate::{
     Error,
     crd::StorageSpec,
     names::ClusterNames,
-    observed::Observed,
+    observed::{Observed, ObservedClaim},
     planner::{Step, WaitReason},
     quantity,
 };
 
 /// A step that finishes a StatefulSet replacement started earlier; it comes
 /// before any membership step, as the members have no StatefulSet meanwhile.
+/// Without a StatefulSet, the claims are grown before it is created again:
+/// its new template would not grow the volumes the members already have
+/// (the spec may have grown while the operator was down, or a human deleted
+/// the StatefulSet with `--cascade=orphan`).
 #[must_use]
-pub fn replacement_step(observed: &Observed) -> Option<Step> {
+pub fn replacement_step(spec: &StorageSpec, observed: &Observed) -> Option<Step> {
     if observed.storage.statefulset_deleting {
         return Some(Step::Wait(WaitReason::StatefulSetDeleting));
     }
@@ -37,10 +41,35 @@ pub fn replacement_step(observed: &Observed) -> Option<Step> {
         observed.storage.orphaned_replicas,
     ) {
         (None, Some(replicas)) if observed.bootstrapped => {
-            Some(Step::RecreateStatefulSet { replicas })
+            let smaller = quantity::bytes(&spec.size.0)
+                .map(|wanted| smaller_claims(&observed.storage.claims, wanted))
+                .unwrap_or_default();
+            Some(if smaller.is_empty() {
+                Step::RecreateStatefulSet { replicas }
+            } else {
+                Step::ExpandClaims {
+                    claims: smaller,
+                    size: spec.size.0.clone(),
+                }
+            })
         }
         _ => None,
     }
+}
+
+/// The claims that request less than `wanted` bytes (or nothing readable).
+/// A claim grown beyond it (by hand) is left alone.
+fn smaller_claims(claims: &[ObservedClaim], wanted: u128) -> Vec<String> {
+    claims
+        .iter()
+        .filter(|c| {
+            c.requested
+                .as_deref()
+                .and_then(quantity::bytes)
+                .is_none_or(|requested| requested < wanted)
+        })
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// When the cluster otherwise matches the spec: the step that brings its
@@ -74,18 +103,7 @@ pub fn change_step(spec: &StorageSpec, observed: &Observed) -> Option<Step> {
             spec.size.0
         ));
     }
-    // A claim the user already grew beyond the spec is left alone.
-    let smaller: Vec<String> = storage
-        .claims
-        .iter()
-        .filter(|c| {
-            c.requested
-                .as_deref()
-                .and_then(quantity::bytes)
-                .is_none_or(|requested| requested < wanted)
-        })
-        .map(|c| c.name.clone())
-        .collect();
+    let smaller = smaller_claims(&storage.claims, wanted);
     if smaller.is_empty() {
         Some(Step::ReplaceStatefulSet {
             size: spec.size.0.clone(),
@@ -265,7 +283,7 @@ mod tests {
         let mut observed = running("1Gi", &["2Gi"; 3]);
         observed.storage.statefulset_deleting = true;
         assert_eq!(
-            replacement_step(&observed),
+            replacement_step(&spec("2Gi"), &observed),
             Some(Step::Wait(WaitReason::StatefulSetDeleting))
         );
     }
@@ -284,8 +302,32 @@ mod tests {
             ..Observed::default()
         };
         assert_eq!(
-            replacement_step(&observed),
+            replacement_step(&spec("1Gi"), &observed),
             Some(Step::RecreateStatefulSet { replicas: 3 })
+        );
+        // Its claims asked for the new size before the delete.
+        let mut patched = observed.clone();
+        patched.storage.claims = running("1Gi", &["2Gi", "2Gi", "2Gi"]).storage.claims;
+        assert_eq!(
+            replacement_step(&spec("2Gi"), &patched),
+            Some(Step::RecreateStatefulSet { replicas: 3 })
+        );
+    }
+
+    #[test]
+    fn without_a_statefulset_smaller_claims_grow_before_it_is_created_again() {
+        // The spec grew while the StatefulSet was gone (deleted by hand with
+        // --cascade=orphan, or the operator was down).
+        let mut observed = running("1Gi", &["1Gi", "2Gi", "1Gi"]);
+        observed.statefulset_replicas = None;
+        observed.storage.template_size = None;
+        observed.storage.orphaned_replicas = Some(3);
+        assert_eq!(
+            replacement_step(&spec("2Gi"), &observed),
+            Some(Step::ExpandClaims {
+                claims: vec!["data-kv-0".into(), "data-kv-2".into()],
+                size: "2Gi".into(),
+            })
         );
     }
 
@@ -347,8 +389,8 @@ mod tests {
 
     #[test]
     fn a_new_cluster_without_pods_is_not_a_replacement() {
-        assert_eq!(replacement_step(&Observed::default()), None);
-        assert_eq!(replacement_step(&running("1Gi", &[])), None);
+        assert_eq!(replacement_step(&spec("1Gi"), &Observed::default()), None);
+        assert_eq!(replacement_step(&spec("2Gi"), &running("1Gi", &[])), None);
         // Pods left from a cluster that never answered: bootstrap as usual.
         let observed = Observed {
             storage: ObservedStorage {
@@ -357,6 +399,6 @@ mod tests {
             },
             ..Observed::default()
         };
-        assert_eq!(replacement_step(&observed), None);
+        assert_eq!(replacement_step(&spec("1Gi"), &observed), None);
     }
 }

@@ -913,6 +913,20 @@ fn template_size(sts: &Value) -> &Value {
     &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
 }
 
+/// The GETs of the three member claims, answered with `sizes`.
+async fn expect_claims(server: &mut ApiServer, sizes: [&str; 3]) {
+    for (ordinal, size) in (0..).zip(sizes) {
+        let path = format!("{CLAIMS}/data-kv-{ordinal}");
+        expect(
+            server,
+            Method::GET,
+            &path,
+            Reply::Json(claim(ordinal, size)),
+        )
+        .await;
+    }
+}
+
 /// The start of a reconcile of `grown()` on a converged cluster whose
 /// claims request `claims`: up to the StatefulSet's apply, which keeps the
 /// old claim template (it cannot change).
@@ -925,16 +939,7 @@ async fn expect_grown_until_the_statefulset(server: &mut ApiServer, claims: [&st
     )
     .await;
     expect(server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
-    for (ordinal, size) in (0..).zip(claims) {
-        let path = format!("{CLAIMS}/data-kv-{ordinal}");
-        expect(
-            server,
-            Method::GET,
-            &path,
-            Reply::Json(claim(ordinal, size)),
-        )
-        .await;
-    }
+    expect_claims(server, claims).await;
     expect_fixed_children(server, true).await;
     let sts = expect(server, Method::PATCH, STS, Reply::Echo).await;
     assert_eq!(template_size(&sts), "1Gi", "an existing template is kept");
@@ -1056,16 +1061,7 @@ async fn a_statefulset_being_deleted_is_left_alone() {
     deleting["metadata"]["deletionTimestamp"] = json!("2026-11-24T21:00:00Z");
     expect(&mut server, Method::GET, STS, Reply::Json(deleting)).await;
     expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
-    for ordinal in 0..3 {
-        let path = format!("{CLAIMS}/data-kv-{ordinal}");
-        expect(
-            &mut server,
-            Method::GET,
-            &path,
-            Reply::Json(claim(ordinal, "2Gi")),
-        )
-        .await;
-    }
+    expect_claims(&mut server, ["2Gi"; 3]).await;
     expect_fixed_children(&mut server, true).await;
     // No apply of the StatefulSet (it would update the object being
     // deleted), no event: the next step comes when it is gone.
@@ -1084,6 +1080,8 @@ async fn orphaned_members_get_their_statefulset_again_with_the_new_claim_templat
 
     expect(&mut server, Method::GET, STS, Reply::NotFound).await;
     expect(&mut server, Method::GET, PODS, Reply::Json(ready_pods(3))).await;
+    // The claims were patched before the delete: nothing left to grow.
+    expect_claims(&mut server, ["2Gi"; 3]).await;
     let configmap = expect_fixed_children(&mut server, true).await.unwrap();
     assert_eq!(
         configmap["data"]["WITAN_INITIAL_CLUSTER_STATE"], "existing",
