@@ -5,8 +5,10 @@
 # writes and reads through every member's pod IP; a deleted member pod comes
 # back with its data and identity; 3 -> 5 -> 3 never shows an even number of
 # voters; a new version rolls out one member at a time, the leader last,
-# under writes that all survive; deleting the KvCluster garbage-collects its
-# children. A KvCluster backs itself up to a PVC on a schedule and a new one
+# under writes that all survive; raising spec.storage.size grows every
+# member claim and re-creates the StatefulSet around the same pods (also
+# after an operator restart with the StatefulSet gone), and a shrink is
+# refused; deleting the KvCluster garbage-collects its children. A KvCluster backs itself up to a PVC on a schedule and a new one
 # restores from that backup. Then a
 # KvCluster with spec.tls from Secrets whose certificates this script makes
 # (openssl): it becomes Available (the operator reaches its members over
@@ -20,6 +22,7 @@
 # member has a leader, each KvCluster exactly one, the operator is up.
 #
 #   scripts/e2e-operator.sh
+#   WITAN_E2E_ONLY='helm|Deployment|3-member|three pods|storage' scripts/e2e-operator.sh
 #
 # Builds witan and witan-operator (cargo), the process kubelet (go) and,
 # the first time, the control plane (scripts/e2e-build.sh).
