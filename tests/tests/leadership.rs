@@ -1,9 +1,10 @@
 //! Leadership transfer with real processes: `etcdctl move-leader`, its
-//! refusals, and a leader that hands over on SIGTERM.
+//! refusals, a leader that hands over on SIGTERM, and what a new leader
+//! does with the leases it inherits.
 
 use std::time::Duration;
 
-use witan_tests::{Cluster, revision_of};
+use witan_tests::{Cluster, poll_until, revision_of};
 
 #[test]
 fn move_leader_hands_leadership_to_the_chosen_member() {
@@ -114,4 +115,57 @@ fn a_follower_back_from_a_pause_does_not_unseat_the_leader() {
             cluster.logs()
         );
     }
+}
+
+/// Remaining seconds of lease `id`, as member `i` answers `lease timetolive`
+/// ("lease ID granted with TTL(Ns), remaining(Ms)").
+fn remaining_secs(cluster: &Cluster, i: usize, id: &str) -> Result<i64, String> {
+    let out = cluster.ctl_on(i, &["lease", "timetolive", id]);
+    out.rsplit_once("remaining(")
+        .and_then(|(_, rest)| rest.strip_suffix("s)\n"))
+        .and_then(|secs| secs.parse().ok())
+        .ok_or_else(|| format!("unexpected timetolive output {out:?}"))
+}
+
+#[test]
+fn a_new_leader_restarts_lease_clocks_then_expires_leases_itself() {
+    // Keep-alives reach only the leader and are not replicated, so a new
+    // leader cannot know how recently a lease was renewed: like etcd, it
+    // gives every lease its full TTL again, then expires it on its own.
+    let cluster = Cluster::start(3);
+    let granted = cluster.ctl(&["lease", "grant", "6"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected lease grant output {granted:?}"))
+        .to_string();
+    cluster.ctl(&["put", "leased", "v", "--lease", &id]);
+    let leader = cluster.leader();
+    // Let the clock run down (the lease's own time is the fault here).
+    poll_until(
+        Duration::from_secs(20),
+        "the lease to run down",
+        || match remaining_secs(&cluster, leader, &id)? {
+            secs if secs <= 3 => Ok(()),
+            secs => Err(format!("{secs}s remaining")),
+        },
+    );
+    let target = (0..3).find(|&i| i != leader).expect("a follower");
+    let out = cluster.ctl(&["move-leader", &format!("{:x}", cluster.member_id(target))]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    assert_eq!(cluster.leader(), target);
+    let restarted = remaining_secs(&cluster, target, &id).expect("remaining TTL");
+    assert!(
+        restarted >= 4,
+        "the new leader kept the old clock: {restarted}s remaining"
+    );
+    // Nobody keeps it alive: the new leader revokes it, key and all.
+    poll_until(Duration::from_secs(30), "the lease to expire", || {
+        let out = cluster.ctl_on(target, &["get", "leased", "--print-value-only"]);
+        if out.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still there: {out:?}"))
+        }
+    });
 }
