@@ -7,10 +7,7 @@
 //! A follower kept down until it must catch up by snapshot.
 //! Compaction and defragmentation under traffic; a member replaced
 //! (remove, wipe, add back as a learner, promote); through the peer proxy
-//! ([`crate::proxy`]), a member cut off from its peers, and delayed links;
-//! a five-member cluster split into a minority holding the leader and a
-//! majority; a leader whose outbound RPCs are cut while it still receives;
-//! peer connections reset at random.
+//! ([`crate::proxy`]), a member cut off from its peers, and delayed links.
 
 use std::time::{Duration, Instant};
 
@@ -52,25 +49,6 @@ pub enum Fault {
     Isolate { target: Target, ms: u64 },
     /// Every peer link delayed by `delay_ms` for `ms`.
     Delay { delay_ms: u64, ms: u64 },
-    /// A five-member cluster split for `ms` into a minority of two (the
-    /// leader and one follower) and a majority of three, then healed; the
-    /// majority must elect a leader of its own, and what the old leader
-    /// appended but could not commit must not show up as committed.
-    PartitionMajority { ms: u64 },
-    /// For `ms`, the connections the leader dials are held (its
-    /// AppendEntries, heartbeats, forwarded requests and vote requests, and
-    /// the answers to them), while the connections the others dial to it
-    /// pass both ways (their vote requests and a new leader's AppendEntries
-    /// reach it, and its answers come back): it can hear but not lead.
-    OneWayLeader { ms: u64 },
-    /// For `ms`, every `every_ms` each live peer connection is reset (RST on
-    /// both sides) with probability `percent` %: RPCs in flight die and the
-    /// members must dial again. The proxy's stand-in for dropped packets.
-    ResetPeers {
-        percent: u32,
-        every_ms: u64,
-        ms: u64,
-    },
 }
 
 /// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
@@ -79,7 +57,7 @@ pub enum Fault {
 pub const SNAPSHOT_COUNT: u64 = 50;
 
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 16] = [
+pub const KINDS: [&str; 13] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -93,9 +71,6 @@ pub const KINDS: [&str; 16] = [
     "isolate-leader",
     "isolate-follower",
     "delay-peers",
-    "partition-majority",
-    "one-way-leader",
-    "reset-peers",
 ];
 
 impl Fault {
@@ -151,17 +126,6 @@ impl Fault {
                 delay_ms: rng.random_range(25..=125),
                 ms: rng.random_range(3000..=6000),
             },
-            "partition-majority" => Fault::PartitionMajority {
-                ms: rng.random_range(2000..=6000),
-            },
-            "one-way-leader" => Fault::OneWayLeader {
-                ms: rng.random_range(2000..=6000),
-            },
-            "reset-peers" => Fault::ResetPeers {
-                percent: rng.random_range(20..=60),
-                every_ms: rng.random_range(100..=500),
-                ms: rng.random_range(2000..=6000),
-            },
             _ => return None,
         })
     }
@@ -184,21 +148,13 @@ impl Fault {
 
     /// Whether the run's members reach each other through the peer proxy.
     pub fn needs_proxy(&self) -> bool {
-        matches!(
-            self,
-            Fault::Isolate { .. }
-                | Fault::Delay { .. }
-                | Fault::PartitionMajority { .. }
-                | Fault::OneWayLeader { .. }
-                | Fault::ResetPeers { .. }
-        )
+        matches!(self, Fault::Isolate { .. } | Fault::Delay { .. })
     }
 
     /// How many members the run's cluster has.
     pub fn members(&self) -> usize {
         match self {
             Fault::KillSingle { .. } => 1,
-            Fault::PartitionMajority { .. } => 5,
             _ => 3,
         }
     }
@@ -269,8 +225,11 @@ impl Fault {
                 proxy.set(Rules::isolate(i, cluster.len()));
                 std::thread::sleep(Duration::from_millis(ms));
                 proxy.heal();
+                // Proof the cut was real: cut off for longer than an
+                // election timeout, a leader loses its office.
                 let after = match target {
-                    Target::Leader => leadership_after(cluster, i),
+                    Target::Leader if cluster.leader() != i => "; leadership moved",
+                    Target::Leader => "; leadership did NOT move",
                     _ => "",
                 };
                 format!(
@@ -286,49 +245,6 @@ impl Fault {
                 std::thread::sleep(Duration::from_millis(ms));
                 proxy.heal();
                 format!("every peer link delayed by {delay_ms} ms for {ms} ms")
-            }
-            Fault::PartitionMajority { ms } => {
-                let proxy = proxy.expect("a partition runs behind the peer proxy");
-                let leader = cluster.leader();
-                let with = pick(cluster, Target::Follower, rng);
-                proxy.set(Rules::split(&[leader, with], cluster.len()));
-                std::thread::sleep(Duration::from_millis(ms));
-                proxy.heal();
-                format!(
-                    "members {leader} (Leader) and {with} split from the other {} for {ms} ms, \
-                     then healed{}",
-                    cluster.len() - 2,
-                    leadership_after(cluster, leader)
-                )
-            }
-            Fault::OneWayLeader { ms } => {
-                let proxy = proxy.expect("a one-way cut runs behind the peer proxy");
-                let leader = cluster.leader();
-                proxy.set(Rules::one_way_from(leader, cluster.len()));
-                std::thread::sleep(Duration::from_millis(ms));
-                proxy.heal();
-                format!(
-                    "the connections leader {leader} dials held for {ms} ms (those dialled to it \
-                     passing), then healed{}",
-                    leadership_after(cluster, leader)
-                )
-            }
-            Fault::ResetPeers {
-                percent,
-                every_ms,
-                ms,
-            } => {
-                let proxy = proxy.expect("resets run behind the peer proxy");
-                let until = Instant::now() + Duration::from_millis(ms);
-                let mut resets = 0;
-                while Instant::now() < until {
-                    resets += proxy.reset(|| rng.random_ratio(percent, 100));
-                    std::thread::sleep(Duration::from_millis(every_ms));
-                }
-                format!(
-                    "every {every_ms} ms for {ms} ms, {percent} % of the peer connections reset \
-                     ({resets} resets)"
-                )
             }
             Fault::Replace { target } => {
                 let i = pick(cluster, target, rng);
@@ -367,17 +283,6 @@ pub fn leader_kills(cluster: &mut Cluster, rng: &mut StdRng, total: Duration) ->
         "kill -9 of the leader {kills} times over {} s (every 5-15 s, down 0.2-1.5 s)",
         started.elapsed().as_secs()
     )
-}
-
-/// Proof that cutting off the old leader `was` was real: cut off for
-/// longer than an election timeout, a leader loses its office. Read once
-/// the cluster agrees on a leader again.
-fn leadership_after(cluster: &Cluster, was: usize) -> &'static str {
-    if cluster.leader() != was {
-        "; leadership moved"
-    } else {
-        "; leadership did NOT move"
-    }
 }
 
 fn log_len(cluster: &Cluster, i: usize) -> u64 {
