@@ -7,7 +7,10 @@
 //! A follower kept down until it must catch up by snapshot.
 //! Compaction and defragmentation under traffic; a member replaced
 //! (remove, wipe, add back as a learner, promote); through the peer proxy
-//! ([`crate::proxy`]), a member cut off from its peers, and delayed links.
+//! ([`crate::proxy`]), a member cut off from its peers, and delayed links;
+//! a five-member cluster split into a minority holding the leader and a
+//! majority; a leader whose outbound RPCs are cut while it still receives;
+//! peer connections reset at random.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +52,25 @@ pub enum Fault {
     Isolate { target: Target, ms: u64 },
     /// Every peer link delayed by `delay_ms` for `ms`.
     Delay { delay_ms: u64, ms: u64 },
+    /// A five-member cluster split for `ms` into a minority of two (the
+    /// leader and one follower) and a majority of three, then healed; the
+    /// majority must elect a leader of its own, and what the old leader
+    /// appended but could not commit must not show up as committed.
+    PartitionMajority { ms: u64 },
+    /// For `ms`, the connections the leader dials are held (its
+    /// AppendEntries, heartbeats, forwarded requests and vote requests, and
+    /// the answers to them), while the connections the others dial to it
+    /// pass both ways (their vote requests and a new leader's AppendEntries
+    /// reach it, and its answers come back): it can hear but not lead.
+    OneWayLeader { ms: u64 },
+    /// For `ms`, every `every_ms` each live peer connection is reset (RST on
+    /// both sides) with probability `percent` %: RPCs in flight die and the
+    /// members must dial again. The proxy's stand-in for dropped packets.
+    ResetPeers {
+        percent: u32,
+        every_ms: u64,
+        ms: u64,
+    },
 }
 
 /// `--snapshot-count` of the snapshot catch-up runs; the leader keeps this
@@ -57,7 +79,7 @@ pub enum Fault {
 pub const SNAPSHOT_COUNT: u64 = 50;
 
 /// Every fault kind by its command-line name.
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 16] = [
     "kill-leader",
     "kill-follower",
     "kill-any",
@@ -71,6 +93,9 @@ pub const KINDS: [&str; 13] = [
     "isolate-leader",
     "isolate-follower",
     "delay-peers",
+    "partition-majority",
+    "one-way-leader",
+    "reset-peers",
 ];
 
 impl Fault {
@@ -126,6 +151,17 @@ impl Fault {
                 delay_ms: rng.random_range(25..=125),
                 ms: rng.random_range(3000..=6000),
             },
+            "partition-majority" => Fault::PartitionMajority {
+                ms: rng.random_range(2000..=6000),
+            },
+            "one-way-leader" => Fault::OneWayLeader {
+                ms: rng.random_range(2000..=6000),
+            },
+            "reset-peers" => Fault::ResetPeers {
+                percent: rng.random_range(20..=60),
+                every_ms: rng.random_range(100..=500),
+                ms: rng.random_range(2000..=6000),
+            },
             _ => return None,
         })
     }
@@ -148,13 +184,21 @@ impl Fault {
 
     /// Whether the run's members reach each other through the peer proxy.
     pub fn needs_proxy(&self) -> bool {
-        matches!(self, Fault::Isolate { .. } | Fault::Delay { .. })
+        matches!(
+            self,
+            Fault::Isolate { .. }
+                | Fault::Delay { .. }
+                | Fault::PartitionMajority { .. }
+                | Fault::OneWayLeader { .. }
+                | Fault::ResetPeers { .. }
+        )
     }
 
     /// How many members the run's cluster has.
     pub fn members(&self) -> usize {
         match self {
             Fault::KillSingle { .. } => 1,
+            Fault::PartitionMajority { .. } => 5,
             _ => 3,
         }
     }
@@ -222,16 +266,16 @@ impl Fault {
             Fault::Isolate { target, ms } => {
                 let proxy = proxy.expect("isolate runs behind the peer proxy");
                 let i = pick(cluster, target, rng);
+                let ids = member_ids(cluster);
                 proxy.set(Rules::isolate(i, cluster.len()));
-                std::thread::sleep(Duration::from_millis(ms));
-                proxy.heal();
-                // Proof the cut was real: cut off for longer than an
-                // election timeout, a leader loses its office.
                 let after = match target {
-                    Target::Leader if cluster.leader() != i => "; leadership moved",
-                    Target::Leader => "; leadership did NOT move",
-                    _ => "",
+                    Target::Leader => elected_while_cut(cluster, &ids, &[i], ms),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(ms));
+                        String::new()
+                    }
                 };
+                proxy.heal();
                 format!(
                     "member {i} ({target:?}) cut off from its peers for {ms} ms, then healed{after}"
                 )
@@ -245,6 +289,49 @@ impl Fault {
                 std::thread::sleep(Duration::from_millis(ms));
                 proxy.heal();
                 format!("every peer link delayed by {delay_ms} ms for {ms} ms")
+            }
+            Fault::PartitionMajority { ms } => {
+                let proxy = proxy.expect("a partition runs behind the peer proxy");
+                let leader = cluster.leader();
+                let with = pick(cluster, Target::Follower, rng);
+                let ids = member_ids(cluster);
+                proxy.set(Rules::split(&[leader, with], cluster.len()));
+                let after = elected_while_cut(cluster, &ids, &[leader, with], ms);
+                proxy.heal();
+                format!(
+                    "members {leader} (Leader) and {with} split from the other {} for {ms} ms, \
+                     then healed{after}",
+                    cluster.len() - 2,
+                )
+            }
+            Fault::OneWayLeader { ms } => {
+                let proxy = proxy.expect("a one-way cut runs behind the peer proxy");
+                let leader = cluster.leader();
+                let ids = member_ids(cluster);
+                proxy.set(Rules::one_way_from(leader, cluster.len()));
+                let after = elected_while_cut(cluster, &ids, &[leader], ms);
+                proxy.heal();
+                format!(
+                    "the connections leader {leader} dials held for {ms} ms (those dialled to it \
+                     passing), then healed{after}"
+                )
+            }
+            Fault::ResetPeers {
+                percent,
+                every_ms,
+                ms,
+            } => {
+                let proxy = proxy.expect("resets run behind the peer proxy");
+                let until = Instant::now() + Duration::from_millis(ms);
+                let mut resets = 0;
+                while Instant::now() < until {
+                    resets += proxy.reset(|| rng.random_ratio(percent, 100));
+                    std::thread::sleep(Duration::from_millis(every_ms));
+                }
+                format!(
+                    "every {every_ms} ms for {ms} ms, {percent} % of the peer connections reset \
+                     ({resets} resets)"
+                )
             }
             Fault::Replace { target } => {
                 let i = pick(cluster, target, rng);
@@ -283,6 +370,64 @@ pub fn leader_kills(cluster: &mut Cluster, rng: &mut StdRng, total: Duration) ->
         "kill -9 of the leader {kills} times over {} s (every 5-15 s, down 0.2-1.5 s)",
         started.elapsed().as_secs()
     )
+}
+
+/// Every member's id, by index (asked before a cut: the client ports stay
+/// reachable through one, but a member that is down has no answer).
+fn member_ids(cluster: &Cluster) -> Vec<Option<u64>> {
+    let running = cluster.running();
+    (0..cluster.len())
+        .map(|i| running.contains(&i).then(|| cluster.member_id(i)))
+        .collect()
+}
+
+/// The leader member `i` knows of right now, by index; `None` when it
+/// knows none or does not answer.
+fn leader_known_to(cluster: &Cluster, ids: &[Option<u64>], i: usize) -> Option<usize> {
+    let out = cluster.run(
+        &cluster.endpoint(i),
+        &["endpoint", "status", "-w", "json"],
+        None,
+    );
+    let leader = serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .ok()?
+        .get(0)?["Status"]["leader"]
+        .as_u64()?;
+    ids.iter().position(|&id| id == Some(leader))
+}
+
+/// Proof that a cut was real: while the members in `cut` (the old leader
+/// among them) are cut off, the others elect a leader of their own. Polls
+/// the other side for that during the cut, which lasts `ms` whatever the
+/// answer. Asked during the cut and not after the heal, because after it
+/// the old leader may win a later election fairly (the cluster's leader
+/// is anyone's once a slow machine misses a heartbeat).
+fn elected_while_cut(cluster: &Cluster, ids: &[Option<u64>], cut: &[usize], ms: u64) -> String {
+    let started = Instant::now();
+    let until = started + Duration::from_millis(ms);
+    let others: Vec<usize> = cluster
+        .running()
+        .into_iter()
+        .filter(|i| !cut.contains(i))
+        .collect();
+    let mut elected = None;
+    while elected.is_none() && Instant::now() < until {
+        elected = others.iter().find_map(|&i| {
+            leader_known_to(cluster, ids, i)
+                .filter(|l| !cut.contains(l))
+                .map(|l| (l, started.elapsed().as_millis()))
+        });
+        if elected.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    match elected {
+        Some((l, after_ms)) => {
+            format!("; leadership moved: member {l} elected after {after_ms} ms")
+        }
+        None => "; leadership did NOT move: no leader elected on the other side".to_string(),
+    }
 }
 
 fn log_len(cluster: &Cluster, i: usize) -> u64 {

@@ -15,17 +15,29 @@
 //! link are accepted and held the same way. Delay holds every chunk for the
 //! given time, order kept. Connections whose source is not a known member
 //! (a client, a CLI) always pass.
+//!
+//! The rule of a link applies to whole connections, keyed by who dialled:
+//! on the link (a, b) travel a's requests to b *and b's answers to them*.
+//! So [`Rules::one_way_from`] cuts the RPCs a member sends (and their
+//! answers) while the RPCs it receives, and its answers to them, pass.
+//!
+//! Besides rules, [`PeerProxy::reset`] closes live peer connections with a
+//! TCP reset (RST), both the dialling member's side and the dialled one's:
+//! the proxy cannot drop bytes inside a stream honestly (HTTP/2 framing
+//! would be corrupt and the receiver would close the connection anyway),
+//! so "lost packets" are modelled as connections that die mid-flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// What happens to the bytes of one link.
@@ -61,6 +73,32 @@ impl Rules {
         rules
     }
 
+    /// Every link between `minority` and the rest of `members` cut in both
+    /// directions; links within each side pass. A cluster split in two.
+    pub fn split(minority: &[usize], members: usize) -> Rules {
+        let mut rules = Rules::default();
+        for inside in minority.iter().copied() {
+            for outside in (0..members).filter(|o| !minority.contains(o)) {
+                rules.0.insert((inside, outside), LinkRule::Partitioned);
+                rules.0.insert((outside, inside), LinkRule::Partitioned);
+            }
+        }
+        rules
+    }
+
+    /// The links `member` dials cut, the links the others dial to it
+    /// passing: its outbound RPCs (a leader's AppendEntries and heartbeats,
+    /// a follower's forwarded requests, its own vote requests) and their
+    /// answers are held, while the RPCs it receives (others' vote requests,
+    /// a new leader's AppendEntries) and its answers to them go through.
+    pub fn one_way_from(member: usize, members: usize) -> Rules {
+        let mut rules = Rules::default();
+        for other in (0..members).filter(|&o| o != member) {
+            rules.0.insert((member, other), LinkRule::Partitioned);
+        }
+        rules
+    }
+
     /// Every link among `members` delayed by `delay`.
     pub fn delay_all(delay: Duration, members: usize) -> Rules {
         let mut rules = Rules::default();
@@ -82,6 +120,7 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// forwarding while the test's thread sleeps through a fault.
 pub struct PeerProxy {
     rules: watch::Sender<Rules>,
+    live: Arc<LiveConnections>,
     listen_addrs: Vec<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -106,6 +145,7 @@ impl PeerProxy {
             .build()?;
         let (rules, _) = watch::channel(Rules::default());
         let sources = Arc::new(sources);
+        let live = Arc::new(LiveConnections::default());
         let mut listen_addrs = Vec::new();
         for (to, (&upstream, &addr)) in upstreams.iter().zip(listen).enumerate() {
             // Bound here, so a taken port fails this call; the runtime takes
@@ -123,10 +163,12 @@ impl PeerProxy {
                 upstream,
                 sources.clone(),
                 rules.subscribe(),
+                live.clone(),
             ));
         }
         Ok(PeerProxy {
             rules,
+            live,
             listen_addrs,
             runtime: Some(runtime),
         })
@@ -146,6 +188,47 @@ impl PeerProxy {
     pub fn heal(&self) {
         self.set(Rules::default());
     }
+
+    /// Closes, with a TCP reset on both sides, every live connection
+    /// between two members for which `pick` says yes (asked once per
+    /// connection, oldest first); returns how many it reset.
+    pub fn reset(&self, mut pick: impl FnMut() -> bool) -> usize {
+        let mut live = self.live.lock();
+        let chosen: Vec<u64> = live.keys().copied().filter(|_| pick()).collect();
+        for id in &chosen {
+            if let Some(reset) = live.remove(id) {
+                // Already finished on its own: nothing to reset.
+                let _ = reset.send(());
+            }
+        }
+        chosen.len()
+    }
+}
+
+/// Live connections between members, each with the sender that resets it.
+#[derive(Default)]
+struct LiveConnections {
+    next_id: AtomicU64,
+    by_id: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+impl LiveConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<()>>> {
+        // The map stays consistent whatever panicked while it was held.
+        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection; the receiver fires when it must be reset.
+    fn register(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
 }
 
 impl Drop for PeerProxy {
@@ -162,6 +245,7 @@ async fn accept_loop(
     upstream: SocketAddr,
     sources: Arc<HashMap<IpAddr, usize>>,
     rules: watch::Receiver<Rules>,
+    live: Arc<LiveConnections>,
 ) {
     loop {
         let Ok((downstream, peer)) = listener.accept().await else {
@@ -169,6 +253,7 @@ async fn accept_loop(
         };
         let from = sources.get(&peer.ip()).copied();
         let rules = rules.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let link = from.map(|from| (from, to));
             // A new connection on a partitioned link waits like a SYN
@@ -182,12 +267,34 @@ async fn accept_loop(
             };
             let _ = downstream.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let (down_read, down_write) = downstream.into_split();
-            let (up_read, up_write) = upstream.into_split();
-            tokio::join!(
-                pump(down_read, up_write, link, rules.clone()),
-                pump(up_read, down_write, link, rules),
-            );
+            let (mut down_read, mut down_write) = downstream.into_split();
+            let (mut up_read, mut up_write) = upstream.into_split();
+            let forward = async {
+                tokio::join!(
+                    pump(&mut down_read, &mut up_write, link, rules.clone()),
+                    pump(&mut up_read, &mut down_write, link, rules),
+                )
+            };
+            // Only links between members can be reset.
+            let Some(_) = link else {
+                forward.await;
+                return;
+            };
+            let (id, reset) = live.register();
+            let was_reset = tokio::select! {
+                _ = forward => false,
+                fired = reset => fired.is_ok(),
+            };
+            live.forget(id);
+            if was_reset {
+                // Reunited halves close without a FIN; zero linger makes
+                // the close an RST, as a connection killed on the way.
+                for (read, write) in [(down_read, down_write), (up_read, up_write)] {
+                    if let Ok(stream) = read.reunite(write) {
+                        let _ = stream.set_zero_linger();
+                    }
+                }
+            }
         });
     }
 }
@@ -210,8 +317,8 @@ async fn wait_for_open(
 /// stamps each chunk with when it was read, a writer delivers it once the
 /// link is open and the delay has passed.
 async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
     link: Option<(usize, usize)>,
     rules: watch::Receiver<Rules>,
 ) {
@@ -288,6 +395,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A proxy for two members, both an echo server, dialling from
+    /// `127.0.<net>.1` and `127.0.<net>.2` (each test its own `net`).
+    async fn proxy_of_two(net: u8) -> PeerProxy {
+        let upstream = echo_server().await;
+        let sources = HashMap::from([
+            (IpAddr::from([127, 0, net, 1]), 0),
+            (IpAddr::from([127, 0, net, 2]), 1),
+        ]);
+        let listen = [SocketAddr::from(([127, 0, 0, 1], 0)); 2];
+        PeerProxy::start(&[upstream, upstream], &listen, sources).unwrap()
+    }
+
     #[test]
     fn rules_isolate_cut_both_directions_of_one_member_only() {
         let rules = Rules::isolate(1, 3);
@@ -298,14 +417,106 @@ mod tests {
         assert_eq!(rules.of(2, 0), LinkRule::Pass);
     }
 
+    /// The links a rule set cuts, as (from, to) pairs in order.
+    fn cut(rules: &Rules, members: usize) -> Vec<(usize, usize)> {
+        let mut cut = Vec::new();
+        for from in 0..members {
+            for to in (0..members).filter(|&t| t != from) {
+                if rules.of(from, to) == LinkRule::Partitioned {
+                    cut.push((from, to));
+                }
+            }
+        }
+        cut
+    }
+
+    #[test]
+    fn rules_split_cut_every_link_across_the_sides_and_none_within() {
+        let rules = Rules::split(&[3, 1], 5);
+        assert_eq!(
+            cut(&rules, 5),
+            vec![
+                (0, 1),
+                (0, 3),
+                (1, 0),
+                (1, 2),
+                (1, 4),
+                (2, 1),
+                (2, 3),
+                (3, 0),
+                (3, 2),
+                (3, 4),
+                (4, 1),
+                (4, 3),
+            ]
+        );
+        // Within the minority and within the majority: pass.
+        assert_eq!(rules.of(1, 3), LinkRule::Pass);
+        assert_eq!(rules.of(0, 4), LinkRule::Pass);
+        // A minority of one is an isolation.
+        assert_eq!(Rules::split(&[2], 3), Rules::isolate(2, 3));
+    }
+
+    #[test]
+    fn rules_one_way_from_cut_only_the_links_the_member_dials() {
+        let rules = Rules::one_way_from(1, 3);
+        assert_eq!(cut(&rules, 3), vec![(1, 0), (1, 2)]);
+        assert_eq!(rules.of(0, 1), LinkRule::Pass);
+        assert_eq!(rules.of(2, 1), LinkRule::Pass);
+        assert_eq!(rules.of(0, 2), LinkRule::Pass);
+    }
+
+    #[test]
+    fn a_one_way_cut_holds_the_members_requests_but_not_the_ones_it_receives() {
+        let client_rt = tokio::runtime::Runtime::new().unwrap();
+        client_rt.block_on(async {
+            let proxy = proxy_of_two(5).await;
+            let mut from_0 = dial_from(ip("127.0.5.1"), proxy.listen_addrs()[1]).await;
+            let mut from_1 = dial_from(ip("127.0.5.2"), proxy.listen_addrs()[0]).await;
+            proxy.set(Rules::one_way_from(0, 2));
+            let short = Duration::from_millis(300);
+            let long = Duration::from_secs(10);
+            // 0's request and its answer are held; 1's pass both ways.
+            assert_eq!(roundtrip(&mut from_0, b"a", short).await, None);
+            assert_eq!(roundtrip(&mut from_1, b"b", long).await.unwrap(), b"b");
+        });
+    }
+
+    #[test]
+    fn reset_closes_chosen_member_connections_with_an_rst_and_spares_others() {
+        let client_rt = tokio::runtime::Runtime::new().unwrap();
+        client_rt.block_on(async {
+            let proxy = proxy_of_two(6).await;
+            let long = Duration::from_secs(10);
+            let mut first = dial_from(ip("127.0.6.1"), proxy.listen_addrs()[1]).await;
+            let mut second = dial_from(ip("127.0.6.2"), proxy.listen_addrs()[0]).await;
+            let mut unknown = dial_from(ip("127.0.0.1"), proxy.listen_addrs()[0]).await;
+            // Registered once they carry bytes.
+            for s in [&mut first, &mut second, &mut unknown] {
+                assert_eq!(roundtrip(s, b"a", long).await.unwrap(), b"a");
+            }
+            let mut asked = 0;
+            let reset = proxy.reset(|| {
+                asked += 1;
+                asked == 1
+            });
+            assert_eq!((reset, asked), (1, 2), "asked per member connection");
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(long, first.read(&mut byte))
+                .await
+                .unwrap();
+            let err = read.expect_err("the reset connection fails, not a clean EOF");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            assert_eq!(roundtrip(&mut second, b"b", long).await.unwrap(), b"b");
+            assert_eq!(roundtrip(&mut unknown, b"c", long).await.unwrap(), b"c");
+        });
+    }
+
     #[test]
     fn a_partition_holds_bytes_until_healed_and_spares_other_links() {
         let client_rt = tokio::runtime::Runtime::new().unwrap();
         client_rt.block_on(async {
-            let upstream = echo_server().await;
-            let sources = HashMap::from([(ip("127.0.3.1"), 0), (ip("127.0.3.2"), 1)]);
-            let listen = [SocketAddr::from(([127, 0, 0, 1], 0)); 2];
-            let proxy = PeerProxy::start(&[upstream, upstream], &listen, sources).unwrap();
+            let proxy = proxy_of_two(3).await;
             let to_1 = proxy.listen_addrs()[1];
             let mut from_0 = dial_from(ip("127.0.3.1"), to_1).await;
             let mut unknown = dial_from(ip("127.0.0.1"), to_1).await;
@@ -341,10 +552,7 @@ mod tests {
     fn delay_holds_each_chunk_in_order() {
         let client_rt = tokio::runtime::Runtime::new().unwrap();
         client_rt.block_on(async {
-            let upstream = echo_server().await;
-            let sources = HashMap::from([(ip("127.0.4.1"), 0), (ip("127.0.4.2"), 1)]);
-            let listen = [SocketAddr::from(([127, 0, 0, 1], 0)); 2];
-            let proxy = PeerProxy::start(&[upstream, upstream], &listen, sources).unwrap();
+            let proxy = proxy_of_two(4).await;
             proxy.set(Rules::delay_all(Duration::from_millis(150), 2));
             let mut s = dial_from(ip("127.0.4.1"), proxy.listen_addrs()[1]).await;
             let started = Instant::now();

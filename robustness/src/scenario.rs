@@ -63,6 +63,8 @@ pub struct RunResult {
     pub ops_per_sec: f64,
     /// Median latency of the operations that succeeded.
     pub p50_ms: f64,
+    /// Wall time of the whole run: start, traffic, fault, check.
+    pub secs: f64,
     pub report: Option<PathBuf>,
 }
 
@@ -70,7 +72,7 @@ impl RunResult {
     pub fn summary(&self) -> String {
         format!(
             "seed={} fault=\"{}\" ops={} ({:.0} ops/s, p50 {:.1} ms) watch_events={} \
-             violations={} lost_acked_writes={}",
+             violations={} lost_acked_writes={} took={:.0}s",
             self.seed,
             self.did,
             self.verdict.ops,
@@ -78,7 +80,8 @@ impl RunResult {
             self.p50_ms,
             self.verdict.watch_events,
             self.verdict.violations.len(),
-            self.verdict.lost_acked_writes
+            self.verdict.lost_acked_writes,
+            self.secs
         )
     }
 }
@@ -230,6 +233,7 @@ fn start_cluster(fault: &Fault, member_args: &[&str]) -> (Cluster, Option<PeerPr
 
 /// One run with `seed`.
 pub fn run(seed: u64, options: &RunOptions) -> RunResult {
+    let run_started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let fault = match &options.fault {
         Some(kind) => Fault::of_kind(kind, &mut rng).unwrap_or_else(|| {
@@ -358,6 +362,7 @@ pub fn run(seed: u64, options: &RunOptions) -> RunResult {
         verdict,
         ops_per_sec,
         p50_ms,
+        secs: run_started.elapsed().as_secs_f64(),
         report: None,
     };
     if !result.verdict.ok() {
