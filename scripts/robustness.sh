@@ -3,9 +3,12 @@
 # processes under recorded traffic, checked for linearizability, watch
 # guarantees and lost acknowledged writes.
 #
-#   scripts/robustness.sh [--runs N] [--seed S] [--fault KIND]
+#   scripts/robustness.sh [--runs N] [--seed S] [--fault KIND] [--jobs N]
 #   scripts/robustness.sh --planted NAME   # ack-before-write | stale-follower-read | watch-skip-event
 #   scripts/robustness.sh --long           # leader kill -9 every 5-15 s for 10 min, then 500 runs
+#
+# --jobs N makes N runs at once, each on its own cluster, ports and dirs
+# (the long mode's 500 runs take ~2.5 h one at a time).
 #
 # Ends with `runs=N violations=V lost_acked_writes=L seed=S`; exits non-zero
 # on any violation. With --planted it builds witan with that planted bug,
@@ -21,7 +24,7 @@ args=()
 while (($#)); do
     case "$1" in
     --runs) runs="$2"; shift 2 ;;
-    --seed | --fault) args+=("$1" "$2"); shift 2 ;;
+    --seed | --fault | --jobs) args+=("$1" "$2"); shift 2 ;;
     --planted) planted="$2"; shift 2 ;;
     --long) args+=("$1"); shift ;;
     --long-secs) args+=("$1" "$2"); shift 2 ;;

@@ -4,6 +4,7 @@
 //! Ends with one line `runs=N violations=V lost_acked_writes=L seed=S` and
 //! exits non-zero when any run found a violation.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,11 +15,21 @@ use witan_robustness::scenario::{self, RunOptions};
 const LONG_FOR: Duration = Duration::from_secs(600);
 const LONG_RUNS: u64 = 500;
 
+/// What the runs found, summed over every worker.
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    violations: usize,
+    lost: usize,
+}
+
 struct Args {
     runs: u64,
     seed: Option<u64>,
     fault: Option<String>,
     stop_at_first: bool,
+    /// `--jobs N`: runs at once, each its own cluster, ports and dirs.
+    jobs: usize,
     /// `--long`: the leader-kill loop for this long, then the runs.
     long: Option<Duration>,
 }
@@ -29,6 +40,7 @@ fn parse() -> anyhow::Result<Args> {
         seed: None,
         fault: None,
         stop_at_first: false,
+        jobs: 1,
         long: None,
     };
     let mut runs_given = false;
@@ -50,10 +62,16 @@ fn parse() -> anyhow::Result<Args> {
             "--seed" => args.seed = Some(value()?.parse().context("--seed")?),
             "--fault" => args.fault = Some(value()?),
             "--stop-at-first-violation" => args.stop_at_first = true,
+            "--jobs" => {
+                args.jobs = value()?.parse().context("--jobs")?;
+                if args.jobs == 0 {
+                    bail!("--jobs must be at least 1");
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "witan-robustness [--runs N] [--seed S] [--fault KIND] [--stop-at-first-violation] \
-                     [--long | --long-secs S]\n\
+                     [--jobs N] [--long | --long-secs S]\n\
                      witan-robustness --check REPORT/history.json\n\
                      fault kinds: {}",
                     witan_robustness::nemesis::KINDS.join(", ")
@@ -110,7 +128,6 @@ fn main() -> anyhow::Result<()> {
         fault: args.fault.clone(),
         ..RunOptions::default()
     };
-    let (mut runs, mut violations, mut lost) = (0u64, 0usize, 0usize);
     // The long mode's loop is run "long" with the base seed; the
     // single-fault runs that follow use seed + 1, seed + 2, ...
     let long_run = args.long.map(|total| {
@@ -125,22 +142,45 @@ fn main() -> anyhow::Result<()> {
         let first = u64::from(args.long.is_some());
         (format!("{i}"), seed + first + i, options.clone())
     });
-    for (name, run_seed, run_options) in long_run.into_iter().chain(single) {
-        let result = scenario::run(run_seed, &run_options);
-        runs += 1;
-        println!("run {name}: {}", result.summary());
-        for v in &result.verdict.violations {
-            println!("  {v}");
+    let queue = Mutex::new(long_run.into_iter().chain(single));
+    let tally = Mutex::new(Tally::default());
+    // Each worker takes the next run until none is left (or a violation
+    // stops everyone); results print as runs finish.
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                    let Some((name, run_seed, run_options)) = next else {
+                        return;
+                    };
+                    let result = scenario::run(run_seed, &run_options);
+                    let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                    tally.runs += 1;
+                    println!("run {name}: {}", result.summary());
+                    for v in &result.verdict.violations {
+                        println!("  {v}");
+                    }
+                    if let Some(dir) = &result.report {
+                        println!("  report: {}", dir.display());
+                    }
+                    tally.violations += result.verdict.violations.len();
+                    tally.lost += result.verdict.lost_acked_writes;
+                    if args.stop_at_first && tally.violations > 0 {
+                        // Nobody takes another run.
+                        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                        queue.by_ref().for_each(drop);
+                        return;
+                    }
+                }
+            });
         }
-        if let Some(dir) = &result.report {
-            println!("  report: {}", dir.display());
-        }
-        violations += result.verdict.violations.len();
-        lost += result.verdict.lost_acked_writes;
-        if args.stop_at_first && violations > 0 {
-            break;
-        }
-    }
+    });
+    let Tally {
+        runs,
+        violations,
+        lost,
+    } = tally.into_inner().unwrap_or_else(PoisonError::into_inner);
     println!("runs={runs} violations={violations} lost_acked_writes={lost} seed={seed}");
     if violations > 0 {
         std::process::exit(1);
