@@ -60,7 +60,7 @@ fi
 
 started=$(date +%s)
 if ((build)); then
-    if ! "${cargo[@]}" fuzz build -O >fuzz/build.log 2>&1; then
+    if ! "${cargo[@]}" fuzz build -O --debug-assertions >fuzz/build.log 2>&1; then
         tail -n 40 fuzz/build.log >&2
         echo "fuzz: ${#TARGETS[@]} targets, build failed (fuzz/build.log)"
         exit 1
