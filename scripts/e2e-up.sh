@@ -38,7 +38,7 @@ K8S_VERSION=${WITAN_E2E_K8S_VERSION:-v1.37.2}
 HELM_VERSION=${WITAN_E2E_HELM_VERSION:-v3.22.0}
 PROMETHEUS_VERSION=${WITAN_E2E_PROMETHEUS_VERSION:-v0.316.0}
 BIN=$CACHE/k8s-$K8S_VERSION/bin
-export PATH="$BIN:$CACHE/helm-$HELM_VERSION/bin:$CACHE/prometheus-$PROMETHEUS_VERSION/bin:$PATH"
+export PATH="$BIN:$CACHE/helm-$HELM_VERSION/bin:$CACHE/prometheus-$PROMETHEUS_VERSION-k8s-sd/bin:$PATH"
 command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
 command -v openssl >/dev/null || die "openssl not found"
 [ "$(id -u)" = 0 ] || die "needs root for the bridge and the pods' namespaces"
