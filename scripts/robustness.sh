@@ -4,7 +4,7 @@
 # guarantees and lost acknowledged writes.
 #
 #   scripts/robustness.sh [--runs N] [--seed S] [--fault KIND] [--jobs N]
-#   scripts/robustness.sh --planted NAME   # ack-before-write | stale-follower-read | watch-skip-event
+#   scripts/robustness.sh --planted NAME   # ack-before-fsync | stale-follower-read | watch-skip-event
 #   scripts/robustness.sh --long           # leader kill -9 every 5-15 s for 10 min, then 500 runs
 #
 # --jobs N makes N runs at once, each on its own cluster, ports and dirs
@@ -42,7 +42,7 @@ fi
 
 # Which fault exposes which planted bug, and which violation proves it.
 case "$planted" in
-ack-before-write) fault=kill-single; proof='\[LostWrite\]' ;;
+ack-before-fsync) fault=kill-single; proof='\[LostWrite\]' ;;
 stale-follower-read) fault=pause-follower; proof='\[(Linearizability|Revision)\]' ;;
 watch-skip-event) fault=pause-follower; proof='\[Watch\]' ;;
 *) echo "unknown planted bug $planted" >&2; exit 2 ;;

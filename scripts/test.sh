@@ -78,7 +78,7 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # The robustness suite must catch each planted bug (docs/robustness.md):
 # robustness.sh --planted exits non-zero when it reported the violation.
 planted_caught=0
-for bug in ack-before-write stale-follower-read watch-skip-event; do
+for bug in ack-before-fsync stale-follower-read watch-skip-event; do
     if scripts/robustness.sh --planted "$bug" >"$log.planted" 2>&1; then
         tail -n 20 "$log.planted"
         echo "planted bug $bug: NOT caught" >&2

@@ -210,16 +210,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         match inline(|| self.wal.append(&entries)) {
-            // PLANTED BUG (feature `ack-before-write`, robustness suite
+            // PLANTED BUG (feature `ack-before-fsync`, robustness suite
             // only): report the append durable at once; the records are
             // written (and fsynced) by the next lazy sync (see `wal::planted`).
-            #[cfg(feature = "ack-before-write")]
+            #[cfg(feature = "ack-before-fsync")]
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 let _ = self.flusher.send(None);
                 Ok(())
             }
-            #[cfg(not(feature = "ack-before-write"))]
+            #[cfg(not(feature = "ack-before-fsync"))]
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(Some(callback)) {
                     // The flusher only ends when every sender is gone, so
@@ -256,7 +256,7 @@ fn flush_loop(
     fsync: Option<prometheus::Histogram>,
 ) {
     while let Ok(first) = pending.recv() {
-        #[cfg(feature = "ack-before-write")]
+        #[cfg(feature = "ack-before-fsync")]
         std::thread::sleep(std::time::Duration::from_millis(50));
         let waiting: Vec<LogFlushed<TypeConfig>> = std::iter::once(first)
             .chain(pending.try_iter())

@@ -26,7 +26,7 @@ pub mod segment;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
-#[cfg(not(feature = "ack-before-write"))]
+#[cfg(not(feature = "ack-before-fsync"))]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,9 +79,9 @@ struct State {
     /// End of the last record in the active segment.
     write_offset: u64,
     vote: Option<Vote>,
-    /// PLANTED BUG (feature `ack-before-write`): records not yet written,
+    /// PLANTED BUG (feature `ack-before-fsync`): records not yet written,
     /// and their entries for readers.
-    #[cfg(feature = "ack-before-write")]
+    #[cfg(feature = "ack-before-fsync")]
     unwritten: planted::Unwritten,
 }
 
@@ -200,7 +200,7 @@ impl Wal {
             purged,
             write_offset,
             vote,
-            #[cfg(feature = "ack-before-write")]
+            #[cfg(feature = "ack-before-fsync")]
             unwritten: Default::default(),
         };
         let wal = Wal {
@@ -266,7 +266,7 @@ impl Wal {
                 _ => {}
             }
             let payload = super::to_rmp(entry);
-            #[cfg(feature = "ack-before-write")]
+            #[cfg(feature = "ack-before-fsync")]
             state.unwritten.keep(entry);
             let start = state.write_offset + pending.len() as u64;
             let record_bytes = (record::HEADER_BYTES + payload.len()) as u64;
@@ -299,9 +299,9 @@ impl Wal {
     /// Makes every append so far durable.
     pub fn sync(&self) -> Result<(), WalError> {
         let (file, path) = {
-            #[cfg_attr(not(feature = "ack-before-write"), allow(unused_mut))]
+            #[cfg_attr(not(feature = "ack-before-fsync"), allow(unused_mut))]
             let mut state = self.state();
-            #[cfg(feature = "ack-before-write")]
+            #[cfg(feature = "ack-before-fsync")]
             state
                 .unwritten
                 .write_out()
@@ -344,7 +344,7 @@ impl Wal {
         };
         locs.iter()
             .map(|loc| {
-                #[cfg(feature = "ack-before-write")]
+                #[cfg(feature = "ack-before-fsync")]
                 if let Some(entry) = self.state().unwritten.get(loc.log_id.index) {
                     return Ok(entry);
                 }
@@ -367,7 +367,7 @@ impl Wal {
     /// that conflicts with its leader's), durably.
     pub fn truncate(&self, index: u64) -> Result<(), WalError> {
         let mut state = self.state();
-        #[cfg(feature = "ack-before-write")]
+        #[cfg(feature = "ack-before-fsync")]
         state
             .unwritten
             .write_out()
@@ -396,7 +396,7 @@ impl Wal {
     /// durably, and removes the segments that hold nothing else.
     pub fn purge(&self, upto: LogId) -> Result<(), WalError> {
         let mut state = self.state();
-        #[cfg(feature = "ack-before-write")]
+        #[cfg(feature = "ack-before-fsync")]
         state
             .unwritten
             .write_out()
@@ -503,10 +503,10 @@ impl State {
         }
         let active = self.active();
         let file = active.file.clone();
-        #[cfg(feature = "ack-before-write")]
+        #[cfg(feature = "ack-before-fsync")]
         self.unwritten
             .hold(file.clone(), self.write_offset, records.to_vec());
-        #[cfg(not(feature = "ack-before-write"))]
+        #[cfg(not(feature = "ack-before-fsync"))]
         file.write_all_at(records, self.write_offset)
             .map_err(|e| io("appending to", &active.path, e))?;
         self.write_offset += records.len() as u64;
@@ -530,13 +530,13 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> WalError {
     }
 }
 
-/// PLANTED BUG (feature `ack-before-write`, robustness suite only): appends
+/// PLANTED BUG (feature `ack-before-fsync`, robustness suite only): appends
 /// stay in memory until the next sync, which the log store runs lazily
 /// while reporting every append durable at once. A `kill -9` then loses
 /// acknowledged writes. (Skipping only the fdatasync would not show: the
 /// written page cache outlives a killed process; only a power cut loses
 /// it, which the suite cannot cause.)
-#[cfg(feature = "ack-before-write")]
+#[cfg(feature = "ack-before-fsync")]
 mod planted {
     use std::collections::BTreeMap;
     use std::fs::File;
