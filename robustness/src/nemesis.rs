@@ -396,6 +396,14 @@ fn leader_known_to(cluster: &Cluster, ids: &[Option<u64>], i: usize) -> Option<u
     ids.iter().position(|&id| id == Some(leader))
 }
 
+/// A cut at least this long must see the other side elect a leader: in
+/// the long mode's 109 leader cuts (2026-11-25, a saturated machine) the
+/// first report of a new leader came 0.6–2.4 s into the cut (median 1.1 s;
+/// followers wait out an election timeout and their leader lease first).
+/// Shorter cuts are kept: a leader that keeps its office through a brief
+/// cut is a case to check too, but not proof of anything about the cut.
+pub const ELECTION_PROOF_MS: u64 = 4000;
+
 /// Proof that a cut was real: while the members in `cut` (the old leader
 /// among them) are cut off, the others elect a leader of their own. Polls
 /// the other side for that during the cut, which lasts `ms` whatever the
@@ -425,6 +433,9 @@ fn elected_while_cut(cluster: &Cluster, ids: &[Option<u64>], cut: &[usize], ms: 
     match elected {
         Some((l, after_ms)) => {
             format!("; leadership moved: member {l} elected after {after_ms} ms")
+        }
+        None if ms < ELECTION_PROOF_MS => {
+            "; no leader elected on the other side (a cut this short need not see one)".to_string()
         }
         None => "; leadership did NOT move: no leader elected on the other side".to_string(),
     }
