@@ -42,7 +42,7 @@ fi
 
 # Which fault exposes which planted bug, and which violation proves it.
 case "$planted" in
-ack-before-fsync) fault=kill-single; proof='\[LostWrite\]' ;;
+ack-before-fsync) fault=kill-single; proof='\[(LostWrite|Revision)\]' ;;
 stale-follower-read) fault=pause-follower; proof='\[(Linearizability|Revision)\]' ;;
 watch-skip-event) fault=pause-follower; proof='\[Watch\]' ;;
 *) echo "unknown planted bug $planted" >&2; exit 2 ;;
