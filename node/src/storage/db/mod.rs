@@ -14,6 +14,8 @@
 //! second shared acquisition behind a waiting defragmentation would wait
 //! for a defragmentation that waits for the first.
 
+pub mod deferred_sync;
+
 use std::ops::{Deref, DerefMut};
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -21,6 +23,9 @@ use redb::{
     CommitError, CompactionError, Database, ReadTransaction, ReadableDatabase, TransactionError,
     WriteTransaction,
 };
+
+use self::deferred_sync::DeferredSyncBackend;
+pub use self::deferred_sync::SyncHandle;
 
 /// redb's page cache per member, in bytes. redb's default (1 GiB) is
 /// filled as the file grows: at 400,000 keys three members held 1,977 MB
@@ -30,9 +35,21 @@ use redb::{
 /// process's memory, as etcd's mmap'd pages are not until touched.
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Opens (or creates) a member's database file with [`CACHE_BYTES`].
-pub fn create(path: &std::path::Path) -> Result<Database, redb::DatabaseError> {
-    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+/// Opens (or creates) a member's database file with [`CACHE_BYTES`], on a
+/// backend whose checkpoint fsyncs can run outside redb's write lock
+/// ([`deferred_sync`]). Returns the handle that defers and settles them.
+pub fn create(path: &std::path::Path) -> Result<(Database, SyncHandle), redb::DatabaseError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let (backend, sync) = DeferredSyncBackend::new(file)?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(backend)?;
+    Ok((db, sync))
 }
 
 /// A redb database shared by transactions and taken whole by compaction.
