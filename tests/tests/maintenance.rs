@@ -85,29 +85,36 @@ fn snapshot_save_writes_a_verifiable_witan_snapshot() {
     assert_eq!(file.member_name, "node-2");
     assert_eq!(file.member_id, c.member_id(1));
     assert!(file.applied_index > 0);
-    let live: Vec<(String, String)> = file
+    // Every version of both keys, deletion included, in revision order:
+    // the last one of a key says whether it is live.
+    let versions: Vec<(String, String, bool)> = file
         .image
-        .latest
+        .records
         .iter()
-        .map(|(k, raw)| {
-            let kv = KeyValue::decode(raw.as_slice()).expect("key-value");
-            assert_eq!(kv.key.as_slice(), k.as_slice());
+        .map(|(_, _, record)| {
+            let (kind, rest) = record.split_first().expect("a kind byte");
+            let kv = KeyValue::decode(rest).expect("key-value");
             (
                 String::from_utf8_lossy(&kv.key).into_owned(),
                 String::from_utf8_lossy(&kv.value).into_owned(),
+                *kind == 1,
             )
         })
-        .filter(|(k, _)| k.starts_with("snap/"))
+        .filter(|(k, _, _)| k.starts_with("snap/"))
         .collect();
-    assert_eq!(live, vec![("snap/a".to_string(), "3".to_string())]);
-    // History keeps every version of both keys, deletion included.
-    let versions = file
-        .image
-        .history
-        .iter()
-        .filter(|(k, _, _)| k.starts_with(b"snap/"))
-        .count();
-    assert_eq!(versions, 4);
+    assert_eq!(versions.len(), 4, "{versions:?}");
+    let mut live = std::collections::BTreeMap::new();
+    for (key, value, deleted) in versions {
+        if deleted {
+            live.remove(&key);
+        } else {
+            live.insert(key, value);
+        }
+    }
+    assert_eq!(
+        live.into_iter().collect::<Vec<_>>(),
+        vec![("snap/a".to_string(), "3".to_string())]
+    );
 
     // Several members in --endpoints is refused by etcdctl itself.
     c.ctl_err(&["snapshot", "save", &path_s]);

@@ -4,9 +4,10 @@
 use prost::Message;
 use redb::{ReadableTable, Table};
 
+use super::index::{KeyIndex, Revision};
 use super::range::KeyRange;
 use super::read::ReadView;
-use super::{KIND_DELETE, KIND_PUT, decode_history, encode_history};
+use super::{KIND_DELETE, KIND_PUT, encode_history};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::request_op::Request as OpRequest;
 use crate::proto::etcdserverpb::response_op::Response as OpResponse;
@@ -19,9 +20,8 @@ use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::proto::witanpb::LeaseRecord;
 use crate::storage::StorageError;
 
-type Latest<'t> = Table<'t, &'static [u8], &'static [u8]>;
-type History<'t> = Table<'t, (&'static [u8], u64), &'static [u8]>;
-type Revs<'t> = Table<'t, (u64, u32), &'static [u8]>;
+/// `kv_records`, open for writing.
+pub type Records<'t> = Table<'t, (u64, u32), &'static [u8]>;
 type Leases<'t> = Table<'t, i64, &'static [u8]>;
 type LeaseKeys<'t> = Table<'t, (i64, &'static [u8]), ()>;
 
@@ -48,9 +48,15 @@ pub enum LeaseChange {
     Revoked { id: i64 },
 }
 
-/// The MVCC tables open for writing, plus what this batch produced.
+/// The MVCC tables open for writing and the key index, plus what this
+/// batch produced.
 pub struct Applier<'t> {
-    pub view: ReadView<Latest<'t>, History<'t>, Revs<'t>>,
+    index: &'t mut KeyIndex,
+    records: Records<'t>,
+    /// The store's revision: the last write request's.
+    pub revision: i64,
+    /// Revisions below this are gone.
+    pub compact_revision: i64,
     pub leases: Leases<'t>,
     pub lease_keys: LeaseKeys<'t>,
     /// Writes made so far in the current request (they share one revision).
@@ -61,13 +67,19 @@ pub struct Applier<'t> {
 }
 
 impl<'t> Applier<'t> {
+    /// An applier over `records` and `index`, which must describe the same
+    /// versions, at `revision` and `compact_revision`.
     pub fn new(
-        view: ReadView<Latest<'t>, History<'t>, Revs<'t>>,
+        (index, records): (&'t mut KeyIndex, Records<'t>),
+        (revision, compact_revision): (i64, i64),
         leases: Leases<'t>,
         lease_keys: LeaseKeys<'t>,
     ) -> Self {
         Applier {
-            view,
+            index,
+            records,
+            revision,
+            compact_revision,
             leases,
             lease_keys,
             sub: 0,
@@ -76,15 +88,37 @@ impl<'t> Applier<'t> {
         }
     }
 
+    /// The committed state plus this batch's writes so far, at the store's
+    /// revision.
+    pub fn view(&self) -> ReadView<'_, Records<'t>> {
+        self.view_at(self.revision)
+    }
+
+    fn view_at(&self, revision: i64) -> ReadView<'_, Records<'t>> {
+        ReadView {
+            index: self.index,
+            records: &self.records,
+            revision,
+            compact_revision: self.compact_revision,
+        }
+    }
+
     /// The revision writes of the current request get.
     fn write_revision(&self) -> i64 {
-        self.view.revision + 1
+        self.revision + 1
+    }
+
+    /// Where the current request's next change goes.
+    fn next_change(&mut self) -> Revision {
+        let rev = Revision::new(self.write_revision(), self.sub);
+        self.sub += 1;
+        rev
     }
 
     /// Closes the current request: its writes, if any, become one revision.
     fn end_request(&mut self) {
         if self.sub > 0 {
-            self.view.revision += 1;
+            self.revision += 1;
             self.sub = 0;
         }
     }
@@ -92,9 +126,9 @@ impl<'t> Applier<'t> {
     /// The revision a read inside the current request sees.
     fn read_revision(&self) -> i64 {
         if self.sub > 0 {
-            self.view.revision + 1
+            self.revision + 1
         } else {
-            self.view.revision
+            self.revision
         }
     }
 
@@ -104,9 +138,7 @@ impl<'t> Applier<'t> {
 
     /// Checks that a Put can be applied, against the state before it.
     fn check_put(&self, req: &PutRequest) -> Result<(), ApplyError> {
-        if (req.ignore_value || req.ignore_lease)
-            && self.view.latest.get(req.key.as_slice())?.is_none()
-        {
+        if (req.ignore_value || req.ignore_lease) && self.index.latest(&req.key).is_none() {
             return Err(EtcdError::KeyNotFound.into());
         }
         if !req.ignore_lease && req.lease != 0 && !self.lease_exists(req.lease)? {
@@ -116,8 +148,9 @@ impl<'t> Applier<'t> {
     }
 
     fn put_unchecked(&mut self, req: &PutRequest) -> Result<PutResponse, ApplyError> {
-        let rev = self.write_revision();
-        let old = self.view.get_latest(&req.key)?;
+        let old = self.view().get_latest(&req.key)?;
+        let change = self.next_change();
+        let rev = change.main;
         let value = match (&old, req.ignore_value) {
             (Some(old), true) => old.value.clone(),
             _ => req.value.clone(),
@@ -134,24 +167,17 @@ impl<'t> Applier<'t> {
             value,
             lease,
         };
-        self.view
-            .latest
-            .insert(req.key.as_slice(), kv.encode_to_vec().as_slice())?;
-        self.view.history.insert(
-            (req.key.as_slice(), rev as u64),
-            encode_history(KIND_PUT, &kv).as_slice(),
-        )?;
-        self.view
-            .revs
-            .insert((rev as u64, self.sub), req.key.as_slice())?;
-        self.sub += 1;
+        self.records
+            .insert(change.table_key(), encode_history(KIND_PUT, &kv).as_slice())?;
+        self.index.push(&req.key, change, false);
         if let Some(old) = &old
             && old.lease != 0
             && old.lease != lease
         {
             self.lease_keys.remove((old.lease, req.key.as_slice()))?;
         }
-        if lease != 0 {
+        // A key that stays on its lease is already listed under it.
+        if lease != 0 && old.as_ref().is_none_or(|o| o.lease != lease) {
             self.lease_keys.insert((lease, req.key.as_slice()), ())?;
         }
         self.events.push(Event {
@@ -166,24 +192,19 @@ impl<'t> Applier<'t> {
     }
 
     fn delete_key(&mut self, old: KeyValue) -> Result<(), ApplyError> {
-        let rev = self.write_revision();
-        let key = old.key.clone();
-        self.view.latest.remove(key.as_slice())?;
+        let change = self.next_change();
         let tombstone = KeyValue {
-            key: key.clone(),
-            mod_revision: rev,
+            key: old.key.clone(),
+            mod_revision: change.main,
             ..Default::default()
         };
-        self.view.history.insert(
-            (key.as_slice(), rev as u64),
+        self.records.insert(
+            change.table_key(),
             encode_history(KIND_DELETE, &tombstone).as_slice(),
         )?;
-        self.view
-            .revs
-            .insert((rev as u64, self.sub), key.as_slice())?;
-        self.sub += 1;
+        self.index.push(&old.key, change, true);
         if old.lease != 0 {
-            self.lease_keys.remove((old.lease, key.as_slice()))?;
+            self.lease_keys.remove((old.lease, old.key.as_slice()))?;
         }
         self.events.push(Event {
             r#type: EventType::Delete as i32,
@@ -198,7 +219,7 @@ impl<'t> Applier<'t> {
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, ApplyError> {
         let range = KeyRange::new(&req.key, &req.range_end);
-        let (olds, _) = self.view.scan(&range, i64::MAX, usize::MAX)?;
+        let (olds, _) = self.view().scan(&range, i64::MAX, usize::MAX)?;
         let deleted = olds.len() as i64;
         let mut prev_kvs = Vec::new();
         for old in olds {
@@ -330,68 +351,29 @@ impl<'t> Applier<'t> {
     ) -> Result<crate::proto::etcdserverpb::RangeResponse, ApplyError> {
         // Reads inside a txn see the txn's own earlier writes, at the
         // revision those writes will get.
-        let committed = self.view.revision;
-        self.view.revision = self.read_revision();
-        let result = self.view.range(req);
-        self.view.revision = committed;
-        Ok(result?)
+        Ok(self.view_at(self.read_revision()).range(req)?)
     }
 
     fn compare(&self, cmp: &Compare) -> Result<bool, ApplyError> {
-        Ok(self.view.compare(cmp)?)
+        Ok(self.view().compare(cmp)?)
     }
 
     /// Compact: drop history below `revision`, keeping for each key the
     /// newest version at or below it (unless that is a deletion).
     pub fn compact(&mut self, req: &CompactionRequest) -> Result<(), ApplyError> {
-        if req.revision <= self.view.compact_revision {
+        if req.revision <= self.compact_revision {
             return Err(EtcdError::Compacted.into());
         }
-        if req.revision > self.view.revision {
+        if req.revision > self.revision {
             return Err(EtcdError::FutureRev.into());
         }
-        let at = req.revision as u64;
-        let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-        {
-            let mut current_key: Option<Vec<u8>> = None;
-            let mut below: Vec<(u64, bool)> = Vec::new();
-            let mut flush = |key: &Option<Vec<u8>>, below: &mut Vec<(u64, bool)>| {
-                if let Some(key) = key {
-                    // Everything older than the newest record <= at goes; the
-                    // newest goes too if it is a deletion.
-                    if let Some(&(newest_rev, newest_is_delete)) = below.last() {
-                        for &(rev, _) in &below[..below.len() - 1] {
-                            doomed.push((key.clone(), rev));
-                        }
-                        if newest_is_delete && newest_rev < at {
-                            doomed.push((key.clone(), newest_rev));
-                        }
-                    }
-                }
-                below.clear();
-            };
-            for item in self.view.history.iter()? {
-                let (k, v) = item?;
-                let (key, rev) = k.value();
-                if current_key.as_deref() != Some(key) {
-                    flush(&current_key, &mut below);
-                    current_key = Some(key.to_vec());
-                }
-                if rev <= at {
-                    let (kind, _) = decode_history(v.value())?;
-                    below.push((rev, kind == KIND_DELETE));
-                }
-            }
-            flush(&current_key, &mut below);
+        let mut doomed = self.index.compact(req.revision);
+        // In table order: neighbouring records share pages.
+        doomed.sort_unstable();
+        for rev in doomed {
+            self.records.remove(rev.table_key())?;
         }
-        for (key, rev) in &doomed {
-            self.view.history.remove((key.as_slice(), *rev))?;
-        }
-        // Watch replay starts at the compact revision at the earliest.
-        self.view
-            .revs
-            .retain_in::<(u64, u32), _>(..(at, 0u32), |_, _| false)?;
-        self.view.compact_revision = req.revision;
+        self.compact_revision = req.revision;
         Ok(())
     }
 
@@ -436,7 +418,7 @@ impl<'t> Applier<'t> {
             keys.push(k.value().1.to_vec());
         }
         for key in keys {
-            if let Some(old) = self.view.get_latest(&key)? {
+            if let Some(old) = self.view().get_latest(&key)? {
                 self.delete_key(old)?;
             }
             self.lease_keys.remove((req.id, key.as_slice()))?;

@@ -2,12 +2,12 @@
 //! filter, keys_only and count_only rules, and event replay for watches.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
 
 use redb::ReadableTable;
 
+use super::index::{KeyIndex, Revision};
 use super::range::KeyRange;
-use super::{KIND_DELETE, decode_history, decode_kv};
+use super::{KIND_DELETE, decode_history};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -19,119 +19,84 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::storage::StorageError;
 
-/// The tables a read needs, from a read or a write transaction.
-pub struct ReadView<L, H, R> {
-    pub latest: L,
-    pub history: H,
-    pub revs: R,
-    /// The newest revision visible through these tables.
+/// The key index and the records table as one consistent state: the
+/// index never names a record the table does not hold (see
+/// `storage::Store::index` for how readers and the apply keep them in step).
+pub struct ReadView<'a, R> {
+    pub index: &'a KeyIndex,
+    /// `kv_records`: (revision, sub) -> kind byte + `mvccpb.KeyValue`.
+    pub records: &'a R,
+    /// The newest revision visible through this view.
     pub revision: i64,
     /// Revisions below this are gone.
     pub compact_revision: i64,
 }
 
-impl<L, H, R> ReadView<L, H, R>
+impl<R> ReadView<'_, R>
 where
-    L: ReadableTable<&'static [u8], &'static [u8]>,
-    H: ReadableTable<(&'static [u8], u64), &'static [u8]>,
     R: ReadableTable<(u64, u32), &'static [u8]>,
 {
+    /// The record at `rev`: its kind and key-value. The index only names
+    /// records that exist, so a missing one is damage.
+    pub fn record(&self, rev: Revision) -> Result<(u8, KeyValue), StorageError> {
+        let raw = self.records.get(rev.table_key())?.ok_or_else(|| {
+            StorageError::corrupt(
+                "key index",
+                format!("no record at revision {}.{}", rev.main, rev.sub),
+            )
+        })?;
+        decode_history(raw.value())
+    }
+
+    fn kv(&self, rev: Revision) -> Result<KeyValue, StorageError> {
+        Ok(self.record(rev)?.1)
+    }
+
     /// The current version of one key.
     pub fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
-        match self.latest.get(key)? {
-            Some(raw) => Ok(Some(decode_kv(raw.value())?)),
-            None => Ok(None),
-        }
+        self.index.latest(key).map(|rev| self.kv(rev)).transpose()
     }
 
     /// Every live key-value in `range` at `revision`, in key order, along
-    /// with how many there are. `keep` bounds how many are decoded and
-    /// returned (the count still covers the whole range).
+    /// with how many there are. `keep` bounds how many are read and
+    /// returned (the count still covers the whole range, from the index
+    /// alone).
     pub fn scan(
         &self,
         range: &KeyRange,
         revision: i64,
         keep: usize,
     ) -> Result<(Vec<KeyValue>, usize), StorageError> {
-        let Some((lo, hi)) = range.bounds() else {
-            return Ok((Vec::new(), 0));
-        };
         let mut kvs = Vec::new();
+        if let KeyRange::Single(key) = range {
+            let Some(rev) = self.index.at(key, revision) else {
+                return Ok((kvs, 0));
+            };
+            if keep > 0 {
+                kvs.push(self.kv(rev)?);
+            }
+            return Ok((kvs, 1));
+        }
+        let Some((lo, hi)) = range.bounds() else {
+            return Ok((kvs, 0));
+        };
         let mut count = 0usize;
-        if revision >= self.revision {
-            for item in self.latest.range::<&[u8]>((lo, hi))? {
-                let (_, value) = item?;
-                if kvs.len() < keep {
-                    kvs.push(decode_kv(value.value())?);
-                }
-                count += 1;
+        for (_, rev) in self.index.range(lo, hi, revision) {
+            if kvs.len() < keep {
+                kvs.push(self.kv(rev)?);
             }
-            return Ok((kvs, count));
+            count += 1;
         }
-        let target = revision as u64;
-        let lo_h = match lo {
-            Bound::Included(k) => Bound::Included((k, 0u64)),
-            _ => Bound::Unbounded,
-        };
-        let hi_h = match hi {
-            Bound::Included(k) => Bound::Included((k, u64::MAX)),
-            Bound::Excluded(k) => Bound::Excluded((k, 0u64)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        // History is ordered by (key, revision): keep, per key, the last
-        // record at or below the target revision.
-        let mut current: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
-        let flush = |entry: Option<(Vec<u8>, Option<Vec<u8>>)>,
-                     kvs: &mut Vec<KeyValue>,
-                     count: &mut usize|
-         -> Result<(), StorageError> {
-            if let Some((_, Some(raw))) = entry {
-                let (kind, kv) = decode_history(&raw)?;
-                if kind != KIND_DELETE {
-                    if kvs.len() < keep {
-                        kvs.push(kv);
-                    }
-                    *count += 1;
-                }
-            }
-            Ok(())
-        };
-        for item in self.history.range::<(&[u8], u64)>((lo_h, hi_h))? {
-            let (k, v) = item?;
-            let (key, rev) = k.value();
-            let same_key = current.as_ref().is_some_and(|(ck, _)| ck.as_slice() == key);
-            if !same_key {
-                flush(current.take(), &mut kvs, &mut count)?;
-                current = Some((key.to_vec(), None));
-            }
-            if rev <= target
-                && let Some((_, best)) = current.as_mut()
-            {
-                *best = Some(v.value().to_vec());
-            }
-        }
-        flush(current.take(), &mut kvs, &mut count)?;
         Ok((kvs, count))
     }
 
     /// The version of `key` just before `revision` (for a watch event's
     /// prev_kv), if one is retained and live.
     pub fn get_before(&self, key: &[u8], revision: i64) -> Result<Option<KeyValue>, StorageError> {
-        if revision <= 1 {
-            return Ok(None);
-        }
-        let upper = (revision - 1) as u64;
-        let mut iter = self
-            .history
-            .range::<(&[u8], u64)>((key, 0u64)..=(key, upper))?;
-        match iter.next_back() {
-            Some(item) => {
-                let (_, v) = item?;
-                let (kind, kv) = decode_history(v.value())?;
-                Ok((kind != KIND_DELETE).then_some(kv))
-            }
-            None => Ok(None),
-        }
+        self.index
+            .before(key, revision)
+            .map(|rev| self.kv(rev))
+            .transpose()
     }
 
     /// One compare, over every key in its range (etcd's applyCompare).
@@ -270,21 +235,15 @@ where
             return Ok(out);
         }
         let iter = self
-            .revs
+            .records
             .range::<(u64, u32)>((from.max(1) as u64, 0u32)..=(to as u64, u32::MAX))
             .map_err(StorageError::from)?;
         for item in iter {
-            let (k, key) = item.map_err(StorageError::from)?;
+            let (k, raw) = item.map_err(StorageError::from)?;
             let (rev, _) = k.value();
-            let key = key.value();
-            let raw = self
-                .history
-                .get((key, rev))
-                .map_err(StorageError::from)?
-                .ok_or_else(|| StorageError::corrupt("history", "revision without record"))?;
             let (kind, kv) = decode_history(raw.value())?;
             let prev_kv = if with_prev {
-                self.get_before(key, rev as i64)?
+                self.get_before(&kv.key, rev as i64)?
             } else {
                 None
             };

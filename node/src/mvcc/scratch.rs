@@ -10,21 +10,24 @@ use redb::backends::InMemoryBackend;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::apply::Applier;
+use super::index::KeyIndex;
 use super::read::ReadView;
 use crate::proto::mvccpb::Event;
-use crate::storage::{KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, StorageError};
+use crate::storage::{KV_RECORDS, LEASE_KEYS, LEASES, StorageError};
+
+/// The records table of a [`ScratchStore`]'s committed state, as a read
+/// view sees it.
+pub type ScratchRecords = ReadOnlyTable<(u64, u32), &'static [u8]>;
 
 /// A read view of the committed state of a [`ScratchStore`].
-pub type ScratchView = ReadView<
-    ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
-    ReadOnlyTable<(u64, u32), &'static [u8]>,
->;
+pub type ScratchView<'a> = ReadView<'a, ScratchRecords>;
 
-/// The MVCC tables in an in-memory redb database, plus the revision and
-/// compact revision the state machine keeps in its meta table.
+/// The MVCC tables in an in-memory redb database and their key index, plus
+/// the revision and compact revision the state machine keeps in its meta
+/// table.
 pub struct ScratchStore {
     pub db: Database,
+    pub index: KeyIndex,
     pub revision: i64,
     pub compact_revision: i64,
 }
@@ -36,14 +39,13 @@ impl ScratchStore {
             .create_with_backend(InMemoryBackend::new())
             .map_err(|e| StorageError::Redb(e.into()))?;
         let txn = db.begin_write()?;
-        txn.open_table(KV_LATEST)?;
-        txn.open_table(KV_HISTORY)?;
-        txn.open_table(KV_REVS)?;
+        txn.open_table(KV_RECORDS)?;
         txn.open_table(LEASES)?;
         txn.open_table(LEASE_KEYS)?;
         txn.commit()?;
         Ok(ScratchStore {
             db,
+            index: KeyIndex::new(),
             revision: 1,
             compact_revision: 0,
         })
@@ -58,13 +60,8 @@ impl ScratchStore {
         let txn = self.db.begin_write()?;
         let (out, events, revision, compact) = {
             let mut applier = Applier::new(
-                ReadView {
-                    latest: txn.open_table(KV_LATEST)?,
-                    history: txn.open_table(KV_HISTORY)?,
-                    revs: txn.open_table(KV_REVS)?,
-                    revision: self.revision,
-                    compact_revision: self.compact_revision,
-                },
+                (&mut self.index, txn.open_table(KV_RECORDS)?),
+                (self.revision, self.compact_revision),
                 txn.open_table(LEASES)?,
                 txn.open_table(LEASE_KEYS)?,
             );
@@ -72,8 +69,8 @@ impl ScratchStore {
             (
                 out,
                 std::mem::take(&mut applier.events),
-                applier.view.revision,
-                applier.view.compact_revision,
+                applier.revision,
+                applier.compact_revision,
             )
         };
         txn.commit()?;
@@ -83,12 +80,12 @@ impl ScratchStore {
     }
 
     /// Runs `f` over a read view of the committed state.
-    pub fn view<T>(&self, f: impl FnOnce(&ScratchView) -> T) -> Result<T, StorageError> {
+    pub fn view<T>(&self, f: impl FnOnce(&ScratchView<'_>) -> T) -> Result<T, StorageError> {
         let txn = self.db.begin_read()?;
+        let records = txn.open_table(KV_RECORDS)?;
         let view = ReadView {
-            latest: txn.open_table(KV_LATEST)?,
-            history: txn.open_table(KV_HISTORY)?,
-            revs: txn.open_table(KV_REVS)?,
+            index: &self.index,
+            records: &records,
             revision: self.revision,
             compact_revision: self.compact_revision,
         };

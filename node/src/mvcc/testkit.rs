@@ -52,7 +52,7 @@ impl Mvcc {
     }
 
     /// Runs `f` over a read view of the committed state.
-    pub fn view<T>(&self, f: impl FnOnce(&ScratchView) -> T) -> T {
+    pub fn view<T>(&self, f: impl FnOnce(&ScratchView<'_>) -> T) -> T {
         self.store.view(f).unwrap()
     }
 

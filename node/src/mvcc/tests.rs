@@ -452,3 +452,30 @@ fn watch_events_carry_prev_kv_and_order() {
     assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
     assert_eq!(events[1].kv.as_ref().unwrap().mod_revision, 3);
 }
+
+#[test]
+fn record_key_reads_the_key_without_decoding_the_value() {
+    use super::{KIND_DELETE, KIND_PUT, encode_history, record_key};
+    use crate::proto::mvccpb::KeyValue;
+    let kv = KeyValue {
+        key: b"some/key".to_vec(),
+        value: vec![7; 300],
+        mod_revision: 9,
+        ..Default::default()
+    };
+    let record = encode_history(KIND_PUT, &kv);
+    let (kind, key) = record_key(&record).unwrap();
+    assert_eq!((kind, &key[..]), (KIND_PUT, &b"some/key"[..]));
+    assert!(matches!(key, std::borrow::Cow::Borrowed(_)));
+    // A key-value without a key (never written, but decodable) falls back
+    // to a full decode.
+    let keyless = KeyValue {
+        mod_revision: 3,
+        ..Default::default()
+    };
+    let record = encode_history(KIND_DELETE, &keyless);
+    let (kind, key) = record_key(&record).unwrap();
+    assert_eq!((kind, &key[..]), (KIND_DELETE, &b""[..]));
+    assert!(record_key(&[]).is_err());
+    assert!(record_key(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err());
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
-use redb::{ReadOnlyTable, ReadableTable};
+use redb::ReadableTable;
 
 use super::committer::{Committer, Leadership};
 use super::proposer::Proposer;
@@ -17,7 +17,6 @@ use crate::hub::ApplyHub;
 use crate::lease::lessor::Lessor;
 use crate::metrics::Metrics;
 use crate::mvcc::apply::lease_keys_of;
-use crate::mvcc::read::ReadView;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     Member as PbMember, ResponseHeader,
@@ -29,20 +28,13 @@ use crate::proto::witanpb::{
     ForwardRequest, ForwardResponse, InternalBatchResponse, InternalRequest, MemberAttributes,
 };
 use crate::raft::types::{NodeId, Raft};
-use crate::storage::{
-    KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, Store, inline, meta_i64,
-    meta_key,
-};
+use crate::storage::{LEASE_KEYS, LEASES, MEMBERS, Store, inline};
 
 /// The etcd version witan reports: clients and kube-apiserver enable
 /// features (progress notify, etc.) by it.
 pub const ETCD_COMPAT_VERSION: &str = "3.6.5";
 
-pub type LocalView = ReadView<
-    ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
-    ReadOnlyTable<(u64, u32), &'static [u8]>,
->;
+pub type LocalView<'a> = crate::storage::KvView<'a>;
 
 pub struct Member {
     pub id: NodeId,
@@ -88,20 +80,9 @@ impl Member {
     /// Runs `f` over a consistent local view of the store.
     pub fn read<T>(
         &self,
-        f: impl FnOnce(&LocalView) -> Result<T, EtcdError>,
+        f: impl FnOnce(&LocalView<'_>) -> Result<T, EtcdError>,
     ) -> Result<T, EtcdError> {
-        inline(|| {
-            let txn = self.store.db().begin_read().map_err(storage_err)?;
-            let meta = txn.open_table(META).map_err(storage_err)?;
-            let view = ReadView {
-                latest: txn.open_table(KV_LATEST).map_err(storage_err)?,
-                history: txn.open_table(KV_HISTORY).map_err(storage_err)?,
-                revs: txn.open_table(KV_REVS).map_err(storage_err)?,
-                revision: meta_i64(&meta, meta_key::REVISION)?.max(1),
-                compact_revision: meta_i64(&meta, meta_key::COMPACT_REVISION)?,
-            };
-            f(&view)
-        })
+        inline(|| self.store.read_kv(f))
     }
 
     /// Waits until a local read is linearizable (ReadIndex).

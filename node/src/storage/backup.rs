@@ -23,7 +23,9 @@
 //! The padding and the trailer are etcd's convention: a file whose size is
 //! `512·k + 32` ends with the SHA-256 of the rest, which is what etcd's
 //! restore tooling checks. The format version is bumped on any change to
-//! the header or body; [`decode`] refuses versions it does not know.
+//! the header or the body's framing; the image in the body carries its own
+//! layout version (`snapshot::IMAGE_FORMAT`). [`decode`] refuses versions
+//! it does not know.
 
 use prost::Message;
 use redb::ReadTransaction;
@@ -189,13 +191,7 @@ pub fn decode(raw: &[u8]) -> Result<SnapshotFile, SnapshotFileError> {
     let body = verify(raw)?;
     let file: SnapshotFile =
         rmp_serde::from_slice(body).map_err(|e| SnapshotFileError::Body(e.to_string()))?;
-    if file.image.format != super::snapshot::IMAGE_FORMAT {
-        return Err(SnapshotFileError::Body(format!(
-            "image format {} (this build reads {})",
-            file.image.format,
-            super::snapshot::IMAGE_FORMAT
-        )));
-    }
+    file.image.check_format().map_err(SnapshotFileError::Body)?;
     Ok(file)
 }
 
@@ -218,8 +214,7 @@ mod tests {
                 format: IMAGE_FORMAT,
                 revision: 5,
                 compact_revision: 2,
-                latest: vec![(ByteBuf::from(b"k".to_vec()), ByteBuf::from(b"v".to_vec()))],
-                history: vec![(ByteBuf::from(b"k".to_vec()), 5, ByteBuf::from(vec![0, 1]))],
+                records: vec![(5, 0, ByteBuf::from(vec![0, 1]))],
                 ..Default::default()
             },
         }

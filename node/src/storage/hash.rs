@@ -3,7 +3,7 @@
 //! HashKV follows etcd's semantics: a hash of every retained key-value
 //! version up to a revision (0 = the current one), failing with `compacted`
 //! below the compact revision and `future revision` above the current one.
-//! It is computed from the MVCC history alone, so members that applied the
+//! It is computed from the MVCC records alone, so members that applied the
 //! same log up to the same point (including the same compactions) answer
 //! the same hash. The values are CRC-32C (Castagnoli, as etcd uses) but over
 //! witan's own encoding, so they are not byte-compatible with etcd's.
@@ -54,12 +54,12 @@ pub struct KvHash {
 }
 
 /// Hashes every retained key-value version with `mod_revision <= revision`
-/// (0 = the view's current revision), in (key, revision) order. Each
-/// version contributes its key, mod/create revision, version, lease, a
-/// tombstone flag and its value.
-pub fn hash_kv<L, H, R>(view: &ReadView<L, H, R>, revision: i64) -> Result<KvHash, EtcdError>
+/// (0 = the view's current revision), in revision order. Each version
+/// contributes its key, mod/create revision, version, lease, a tombstone
+/// flag and its value.
+pub fn hash_kv<R>(view: &ReadView<'_, R>, revision: i64) -> Result<KvHash, EtcdError>
 where
-    H: ReadableTable<(&'static [u8], u64), &'static [u8]>,
+    R: ReadableTable<(u64, u32), &'static [u8]>,
 {
     let revision = if revision <= 0 {
         view.revision
@@ -74,14 +74,15 @@ where
     }
     let mut crc = Crc32c::default();
     crc.update(b"kv");
-    for item in view.history.iter().map_err(StorageError::from)? {
+    let versions = view
+        .records
+        .range(..=(revision as u64, u32::MAX))
+        .map_err(StorageError::from)?;
+    for item in versions {
         let (k, v) = item.map_err(StorageError::from)?;
-        let (key, rev) = k.value();
-        if rev > revision as u64 {
-            continue;
-        }
+        let (rev, _) = k.value();
         let (kind, kv) = decode_history(v.value())?;
-        crc.bytes(key);
+        crc.bytes(&kv.key);
         crc.int(rev as i64);
         crc.update(&[u8::from(kind == KIND_DELETE)]);
         crc.int(kv.create_revision);

@@ -1,7 +1,7 @@
 //! What a member persists: the Raft log and vote in segment files
 //! (`wal`), and one redb database holding the applied log id and
-//! membership and the MVCC state machine. See `docs/storage.md` for the
-//! format.
+//! membership and the MVCC state machine, whose key index is kept in memory
+//! beside it. See `docs/storage.md` for the format.
 //!
 //! Invariants:
 //! - The applied log id is written in the same transaction as the state it
@@ -13,10 +13,15 @@
 //!   snapshot). A crash therefore rolls the state machine back to its last
 //!   checkpoint, and the log still holds every entry after it: the log is
 //!   purged only up to a snapshot, which is taken at a durable point.
+//! - The key index ([`Store::index_read`]) names exactly the versions in
+//!   `kv_records` as of the last commit that readers can see: the apply
+//!   holds its write lock from its first change until its commit, and a
+//!   reader opens its transaction while holding a read lock.
 
 pub mod backup;
 pub mod db;
 pub mod hash;
+pub(crate) mod legacy;
 pub mod log_store;
 pub mod restore;
 pub mod snapshot;
@@ -27,20 +32,24 @@ pub mod state_machine;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use redb::{ReadableTable, TableDefinition};
 
 use self::db::Db;
+use crate::mvcc::index::{KeyIndex, Revision};
+use crate::mvcc::read::ReadView;
 use crate::proto::witanpb::MemberIdentity;
 
 /// The on-disk format this build writes. Format 1 kept the Raft log in the
 /// database (table `raft_log`); this build opens it and moves the log out
-/// (`log_store::open_wal`), which makes it format 2.
-pub const FORMAT_VERSION: u32 = 2;
+/// (`log_store::open_wal`). Format 2 kept the MVCC versions in key order
+/// (`legacy`); this build moves them into `kv_records` when it opens it.
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_LOG_IN_DATABASE: u32 = 1;
+const FORMAT_KEY_ORDERED: u32 = 2;
 
 /// How often the state machine is made durable when it changed: the
 /// longest stretch of log a restart after a crash replays, in time. A
@@ -55,13 +64,11 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// user key -> current `mvccpb.KeyValue` (live keys only).
-pub(crate) const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
-/// (user key, mod_revision) -> kind byte + `mvccpb.KeyValue`: every retained version.
-pub(crate) const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> =
-    TableDefinition::new("kv_history");
-/// (revision, sub) -> user key: the order of events, for watch replay.
-pub(crate) const KV_REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_revs");
+/// (revision, sub) -> kind byte + `mvccpb.KeyValue`: every retained version,
+/// in the order of changes (etcd's `key` bucket). The key index finds a
+/// key's versions here.
+pub(crate) const KV_RECORDS: TableDefinition<(u64, u32), &[u8]> =
+    TableDefinition::new("kv_records");
 /// lease id -> `witanpb.LeaseRecord`.
 pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// (lease id, user key) attached to it.
@@ -87,6 +94,9 @@ pub(crate) mod meta_key {
     pub const REVISION: &str = "revision";
     pub const COMPACT_REVISION: &str = "compact_revision";
 }
+
+/// The key-value store as [`Store::read_kv`] shows it.
+pub type KvView<'a> = ReadView<'a, redb::ReadOnlyTable<(u64, u32), &'static [u8]>>;
 
 /// What can go wrong below the state machine.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +166,9 @@ pub struct Store {
     in_use: Arc<Mutex<Option<(Instant, u64, u64)>>>,
     /// The applied log id (as stored) at the last checkpoint.
     checkpointed: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Where every key's versions are in `kv_records` (see the module's
+    /// invariants for who holds which lock).
+    index: Arc<RwLock<KeyIndex>>,
 }
 
 impl Store {
@@ -177,9 +190,72 @@ impl Store {
             path,
             in_use: Arc::new(Mutex::new(None)),
             checkpointed: Arc::new(Mutex::new(None)),
+            index: Arc::new(RwLock::new(KeyIndex::new())),
         };
         store.init_tables()?;
+        let mut index = store.index_write();
+        store.rebuild_index(&mut index)?;
+        drop(index);
         Ok(store)
+    }
+
+    /// Runs `f` over a consistent view of the key-value store: the key
+    /// index and a read transaction showing the same commit, at the
+    /// revision and compact revision that commit recorded.
+    pub fn read_kv<T, E: From<StorageError>>(
+        &self,
+        f: impl FnOnce(&KvView<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        // The index first: the transaction opened under its lock shows the
+        // commit the index describes.
+        let index = self.index_read();
+        let txn = self.db.begin_read().map_err(StorageError::from)?;
+        let meta = txn.open_table(META).map_err(StorageError::from)?;
+        let records = txn.open_table(KV_RECORDS).map_err(StorageError::from)?;
+        let view = ReadView {
+            index: &index,
+            records: &records,
+            revision: meta_i64(&meta, meta_key::REVISION)?.max(1),
+            compact_revision: meta_i64(&meta, meta_key::COMPACT_REVISION)?,
+        };
+        f(&view)
+    }
+
+    /// The key index, for reading. Open the read transaction that goes
+    /// with it while holding this guard, so both show the same commit.
+    pub fn index_read(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key index, for the apply: hold it from the first change until
+    /// the commit (or the rebuild after a failed apply).
+    pub fn index_write(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds `index` from the committed `kv_records` (start-up, after a
+    /// snapshot install, after an apply that failed half-way).
+    pub fn rebuild_index(&self, index: &mut KeyIndex) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let mut fresh = KeyIndex::new();
+        let txn = self.db.begin_read()?;
+        for item in txn.open_table(KV_RECORDS)?.iter()? {
+            let (k, raw) = item?;
+            let (revision, sub) = k.value();
+            let (kind, key) = crate::mvcc::record_key(raw.value())?;
+            fresh.push(
+                &key,
+                Revision::new(revision as i64, sub),
+                kind == crate::mvcc::KIND_DELETE,
+            );
+        }
+        *index = fresh;
+        tracing::debug!(
+            keys = index.key_count(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "key index built"
+        );
+        Ok(())
     }
 
     fn init_tables(&self) -> Result<(), StorageError> {
@@ -197,12 +273,22 @@ impl Store {
                         FORMAT_VERSION.to_le_bytes().as_slice(),
                     )?;
                 }
-                Some(FORMAT_VERSION | FORMAT_LOG_IN_DATABASE) => {}
+                Some(FORMAT_VERSION | FORMAT_KEY_ORDERED | FORMAT_LOG_IN_DATABASE) => {}
                 Some(found) => return Err(StorageError::UnsupportedFormat { found }),
             }
-            txn.open_table(KV_LATEST)?;
-            txn.open_table(KV_HISTORY)?;
-            txn.open_table(KV_REVS)?;
+            let moved = legacy::convert(&txn)?;
+            // A format-1 database keeps its number until its log moves out
+            // (`finish_log_migration` then writes the current one).
+            if found == Some(FORMAT_KEY_ORDERED) {
+                meta.insert(
+                    meta_key::FORMAT_VERSION,
+                    FORMAT_VERSION.to_le_bytes().as_slice(),
+                )?;
+            }
+            if moved > 0 {
+                tracing::info!(versions = moved, "moved the MVCC versions into kv_records");
+            }
+            txn.open_table(KV_RECORDS)?;
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
@@ -437,22 +523,91 @@ mod tests {
     }
 
     #[test]
+    fn a_format_2_store_is_converted_when_opened() {
+        use crate::mvcc::{KIND_DELETE, KIND_PUT, encode_history};
+        use crate::proto::mvccpb::KeyValue;
+        use legacy::{KV_HISTORY, KV_LATEST, KV_REVS};
+        let record = |kind: u8, key: &str, rev: i64, value: &str| {
+            encode_history(
+                kind,
+                &KeyValue {
+                    key: key.into(),
+                    mod_revision: rev,
+                    create_revision: rev,
+                    version: 1,
+                    value: value.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a format-2 member left: b deleted at 4, a live at 3.
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db().begin_write().unwrap();
+            txn.delete_table(KV_RECORDS).unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                let format = 2u32.to_le_bytes();
+                meta.insert(meta_key::FORMAT_VERSION, format.as_slice())
+                    .unwrap();
+                let revision = 4i64.to_le_bytes();
+                meta.insert(meta_key::REVISION, revision.as_slice())
+                    .unwrap();
+                let mut history = txn.open_table(KV_HISTORY).unwrap();
+                let mut revs = txn.open_table(KV_REVS).unwrap();
+                let mut latest = txn.open_table(KV_LATEST).unwrap();
+                for (rev, kind, key, value) in [
+                    (2, KIND_PUT, "b", "1"),
+                    (3, KIND_PUT, "a", "2"),
+                    (4, KIND_DELETE, "b", ""),
+                ] {
+                    history
+                        .insert(
+                            (key.as_bytes(), rev as u64),
+                            record(kind, key, rev, value).as_slice(),
+                        )
+                        .unwrap();
+                    revs.insert((rev as u64, 0), key.as_bytes()).unwrap();
+                }
+                latest.insert(b"a".as_slice(), b"".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        use redb::ReadableTableMetadata;
+        let txn = store.db().begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let format = meta.get(meta_key::FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(decode_u32(format.value()).unwrap(), FORMAT_VERSION);
+        let records = txn.open_table(KV_RECORDS).unwrap();
+        assert_eq!(records.len().unwrap(), 3);
+        assert!(
+            txn.open_table(KV_HISTORY).is_err(),
+            "format-2 tables dropped"
+        );
+        let index = store.index_read();
+        assert_eq!(index.latest(b"a"), Some(Revision::new(3, 0)));
+        assert_eq!(index.latest(b"b"), None);
+        assert_eq!(index.at(b"b", 3), Some(Revision::new(2, 0)));
+    }
+
+    #[test]
     fn defragment_gives_back_what_was_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let value = vec![1u8; 32 * 1024];
         let txn = store.db().begin_write().unwrap();
         {
-            let mut kv = txn.open_table(KV_LATEST).unwrap();
-            for i in 0..300u32 {
-                kv.insert(i.to_be_bytes().as_slice(), value.as_slice())
-                    .unwrap();
+            let mut kv = txn.open_table(KV_RECORDS).unwrap();
+            for i in 0..300u64 {
+                kv.insert((i, 0), value.as_slice()).unwrap();
             }
         }
         txn.commit().unwrap();
         let full_in_use = store.size_in_use_bytes().unwrap();
         let txn = store.db().begin_write().unwrap();
-        txn.open_table(KV_LATEST)
+        txn.open_table(KV_RECORDS)
             .unwrap()
             .retain(|_, _| false)
             .unwrap();

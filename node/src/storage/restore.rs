@@ -53,7 +53,10 @@ pub fn status(raw: &[u8]) -> Result<SnapshotStatus, SnapshotFileError> {
         hash_algorithm: "sha256",
         revision: file.image.revision,
         compact_revision: file.image.compact_revision,
-        total_key: file.image.latest.len(),
+        total_key: file
+            .image
+            .live_keys()
+            .map_err(|e| SnapshotFileError::Body(e.to_string()))?,
         total_size: raw.len() as u64,
         version: file.etcd_version,
         cluster_id: format!("{:x}", file.cluster_id),
@@ -177,7 +180,7 @@ pub fn restore(raw: &[u8], data_dir: &Path) -> Result<Restored, RestoreError> {
     Ok(Restored {
         revision: file.image.revision,
         compact_revision: file.image.compact_revision,
-        keys: file.image.latest.len(),
+        keys: file.image.live_keys()?,
     })
 }
 
@@ -212,12 +215,13 @@ mod tests {
     use super::*;
     use crate::proto::witanpb::MemberIdentity;
     use crate::storage::backup::SnapshotFile;
-    use crate::storage::snapshot::{IMAGE_FORMAT, SnapshotImage};
-    use crate::storage::{ALARMS, KV_LATEST, MEMBERS, META, meta_i64, meta_key};
+    use crate::storage::snapshot::SnapshotImage;
+    use crate::storage::{ALARMS, KV_RECORDS, MEMBERS, META, meta_i64, meta_key};
 
     /// A snapshot file whose image came out of a real store: two live keys,
     /// history, a published member with a NOSPACE alarm, revision 7,
-    /// compacted at 3.
+    /// compacted at 3. The store was loaded from an image written by a
+    /// format-2 member (key-ordered rows), so this also covers reading one.
     fn sample_file() -> Vec<u8> {
         use serde_bytes::ByteBuf;
         let kv = |k: &str, v: &str, rev: i64| {
@@ -231,20 +235,27 @@ mod tests {
             }
             .encode_to_vec()
         };
+        let record = |k: &str, v: &str, rev: i64| {
+            let mut out = vec![0];
+            out.extend(kv(k, v, rev));
+            ByteBuf::from(out)
+        };
         let image = SnapshotImage {
-            format: IMAGE_FORMAT,
+            format: 1,
             revision: 7,
             compact_revision: 3,
             latest: vec![
                 (ByteBuf::from(b"a".to_vec()), ByteBuf::from(kv("a", "1", 5))),
                 (ByteBuf::from(b"b".to_vec()), ByteBuf::from(kv("b", "2", 7))),
             ],
-            history: vec![(ByteBuf::from(b"a".to_vec()), 5, {
-                let mut v = vec![0];
-                v.extend(kv("a", "1", 5));
-                ByteBuf::from(v)
-            })],
-            revs: vec![(5, 0, ByteBuf::from(b"a".to_vec()))],
+            history: vec![
+                (ByteBuf::from(b"a".to_vec()), 5, record("a", "1", 5)),
+                (ByteBuf::from(b"b".to_vec()), 7, record("b", "2", 7)),
+            ],
+            revs: vec![
+                (5, 0, ByteBuf::from(b"a".to_vec())),
+                (7, 0, ByteBuf::from(b"b".to_vec())),
+            ],
             members: vec![(42, ByteBuf::from(vec![1, 2, 3]))],
             alarms: vec![(42, crate::proto::etcdserverpb::AlarmType::Nospace as i32)],
             ..Default::default()
@@ -321,12 +332,12 @@ mod tests {
         assert_eq!(txn.open_table(MEMBERS).unwrap().len().unwrap(), 0);
         assert_eq!(txn.open_table(ALARMS).unwrap().len().unwrap(), 0);
         assert_eq!(backup::decode(&raw).unwrap().image.alarms.len(), 1);
-        assert_eq!(txn.open_table(KV_LATEST).unwrap().len().unwrap(), 2);
+        assert_eq!(txn.open_table(KV_RECORDS).unwrap().len().unwrap(), 2);
         let image = SnapshotImage::capture(&txn).unwrap();
         let original = backup::decode(&raw).unwrap().image;
-        assert_eq!(image.latest, original.latest);
-        assert_eq!(image.history, original.history);
-        assert_eq!(image.revs, original.revs);
+        assert_eq!(image.records.len(), 2);
+        assert_eq!(image.records, original.records);
+        assert!(image.latest.is_empty() && image.history.is_empty());
     }
 
     #[test]

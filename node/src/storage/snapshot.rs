@@ -13,14 +13,19 @@ use super::snapshot_stream::Row;
 use super::{META, StorageError, meta_i64, meta_key};
 use crate::proto::witanpb::LeaseRecord;
 
-/// Version of the image layout; a member refuses images it does not know.
-pub const IMAGE_FORMAT: u32 = 1;
+/// Version of the image layout this build writes; a member refuses images
+/// it does not know. Format 1 held the key-ordered tables of storage format
+/// 2 (`latest`, `history`, `revs`); format 2 holds `records` instead. This
+/// build reads both.
+pub const IMAGE_FORMAT: u32 = 2;
+const IMAGE_FORMAT_KEY_ORDERED: u32 = 1;
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotImage {
     pub format: u32,
     pub revision: i64,
     pub compact_revision: i64,
+    /// Format 1 only (empty in format 2).
     pub latest: Vec<(ByteBuf, ByteBuf)>,
     pub history: Vec<(ByteBuf, u64, ByteBuf)>,
     pub revs: Vec<(u64, u32, ByteBuf)>,
@@ -36,6 +41,10 @@ pub struct SnapshotImage {
     /// images from before auth existed.
     #[serde(default)]
     pub auth: Vec<(String, ByteBuf)>,
+    /// `kv_records`: (revision, sub, kind byte + `mvccpb.KeyValue`); empty
+    /// in format 1, which has `latest`, `history` and `revs` instead.
+    #[serde(default)]
+    pub records: Vec<(u64, u32, ByteBuf)>,
 }
 
 impl SnapshotImage {
@@ -58,6 +67,11 @@ impl SnapshotImage {
     fn push(&mut self, row: &Row<'_>) {
         let buf = ByteBuf::from;
         match *row {
+            Row::Record {
+                revision,
+                sub,
+                record,
+            } => self.records.push((revision, sub, buf(record))),
             Row::Latest { key, value } => self.latest.push((buf(key), buf(value))),
             Row::History {
                 key,
@@ -75,6 +89,11 @@ impl SnapshotImage {
 
     /// Every row of the image, table by table.
     fn rows(&self) -> impl Iterator<Item = Row<'_>> {
+        let records = self.records.iter().map(|(rev, sub, v)| Row::Record {
+            revision: *rev,
+            sub: *sub,
+            record: v,
+        });
         let latest = self
             .latest
             .iter()
@@ -109,7 +128,8 @@ impl SnapshotImage {
             .auth
             .iter()
             .map(|(k, v)| Row::Auth { name: k, value: v });
-        latest
+        records
+            .chain(latest)
             .chain(history)
             .chain(revs)
             .chain(leases)
@@ -126,13 +146,22 @@ impl SnapshotImage {
     pub fn decode(raw: &[u8]) -> Result<Self, StorageError> {
         let image: SnapshotImage =
             rmp_serde::from_slice(raw).map_err(|e| StorageError::corrupt("snapshot image", e))?;
-        if image.format != IMAGE_FORMAT {
-            return Err(StorageError::corrupt(
-                "snapshot image",
-                format!("format {} (this build reads {IMAGE_FORMAT})", image.format),
-            ));
-        }
+        image
+            .check_format()
+            .map_err(|e| StorageError::corrupt("snapshot image", e))?;
         Ok(image)
+    }
+
+    /// Refuses an image layout this build does not read.
+    pub fn check_format(&self) -> Result<(), String> {
+        if (IMAGE_FORMAT_KEY_ORDERED..=IMAGE_FORMAT).contains(&self.format) {
+            Ok(())
+        } else {
+            Err(format!(
+                "image format {} (this build reads {IMAGE_FORMAT_KEY_ORDERED} to {IMAGE_FORMAT})",
+                self.format
+            ))
+        }
     }
 
     /// Replaces every state-machine table with the image's content.
@@ -141,7 +170,22 @@ impl SnapshotImage {
         for row in self.rows() {
             tables.insert(&row)?;
         }
-        tables.set_revisions(self.revision, self.compact_revision)
+        tables.set_revisions(self.revision, self.compact_revision)?;
+        tables.finish()
+    }
+
+    /// Keys live at the image's revision.
+    pub fn live_keys(&self) -> Result<usize, StorageError> {
+        if self.format == IMAGE_FORMAT_KEY_ORDERED {
+            return Ok(self.latest.len());
+        }
+        // Records are in revision order: a key's last one decides.
+        let mut live = std::collections::HashMap::new();
+        for (_, _, record) in &self.records {
+            let (kind, key) = crate::mvcc::record_key(record)?;
+            live.insert(key, kind != crate::mvcc::KIND_DELETE);
+        }
+        Ok(live.values().filter(|&&alive| alive).count())
     }
 
     /// (id, TTL) of every lease in the image.
@@ -197,7 +241,7 @@ mod tests {
             members: Vec<(u64, ByteBuf)>,
         }
         let old = Old {
-            format: IMAGE_FORMAT,
+            format: IMAGE_FORMAT_KEY_ORDERED,
             revision: 4,
             compact_revision: 0,
             latest: vec![],

@@ -3,15 +3,15 @@
 //! write transaction whose tables were emptied first. Both the Raft
 //! snapshot stream and the in-memory [`SnapshotImage`](super::snapshot)
 //! go through here, so the set of tables a snapshot covers is written down
-//! once.
+//! once. Rows of format 2's key-ordered tables (from an older member's
+//! stream or image) are loaded into those tables and converted at the end
+//! ([`TableLoader::finish`], `legacy`).
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::legacy::{self, KV_HISTORY, KV_LATEST, KV_REVS};
 use super::snapshot_stream::Row;
-use super::{
-    ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError,
-    meta_key,
-};
+use super::{ALARMS, AUTH, KV_RECORDS, LEASE_KEYS, LEASES, MEMBERS, META, StorageError, meta_key};
 
 /// Calls `emit` with every row of every state-machine table, table by
 /// table in key order, straight from redb's pages (no copy is kept).
@@ -26,29 +26,13 @@ where
     fn s<T>(r: Result<T, impl Into<StorageError>>) -> Result<T, StorageError> {
         r.map_err(Into::into)
     }
-    for item in s(s(txn.open_table(KV_LATEST))?.iter())? {
-        let (k, v) = s(item)?;
-        emit(Row::Latest {
-            key: k.value(),
-            value: v.value(),
-        })?;
-    }
-    for item in s(s(txn.open_table(KV_HISTORY))?.iter())? {
-        let (k, v) = s(item)?;
-        let (key, revision) = k.value();
-        emit(Row::History {
-            key,
-            revision,
-            value: v.value(),
-        })?;
-    }
-    for item in s(s(txn.open_table(KV_REVS))?.iter())? {
+    for item in s(s(txn.open_table(KV_RECORDS))?.iter())? {
         let (k, v) = s(item)?;
         let (revision, sub) = k.value();
-        emit(Row::Revs {
+        emit(Row::Record {
             revision,
             sub,
-            key: v.value(),
+            record: v.value(),
         })?;
     }
     for item in s(s(txn.open_table(LEASES))?.iter())? {
@@ -89,9 +73,10 @@ where
 /// rows one at a time. Dropping the transaction without committing leaves
 /// the store as it was.
 pub struct TableLoader<'txn> {
-    latest: Table<'txn, &'static [u8], &'static [u8]>,
-    history: Table<'txn, (&'static [u8], u64), &'static [u8]>,
-    revs: Table<'txn, (u64, u32), &'static [u8]>,
+    txn: &'txn WriteTransaction,
+    records: Table<'txn, (u64, u32), &'static [u8]>,
+    /// Format 2's tables, opened by the first such row.
+    legacy: Option<LegacyTables<'txn>>,
     leases: Table<'txn, i64, &'static [u8]>,
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     members: Table<'txn, u64, &'static [u8]>,
@@ -103,10 +88,14 @@ pub struct TableLoader<'txn> {
 impl<'txn> TableLoader<'txn> {
     /// Opens and empties every state-machine table of `txn`.
     pub fn open_emptied(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
+        // Format 2's tables hold nothing after a load but what it converts.
+        txn.delete_table(KV_LATEST)?;
+        txn.delete_table(KV_HISTORY)?;
+        txn.delete_table(KV_REVS)?;
         let mut loader = TableLoader {
-            latest: txn.open_table(KV_LATEST)?,
-            history: txn.open_table(KV_HISTORY)?,
-            revs: txn.open_table(KV_REVS)?,
+            txn,
+            records: txn.open_table(KV_RECORDS)?,
+            legacy: None,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
             members: txn.open_table(MEMBERS)?,
@@ -114,9 +103,7 @@ impl<'txn> TableLoader<'txn> {
             auth: txn.open_table(AUTH)?,
             meta: txn.open_table(META)?,
         };
-        loader.latest.retain(|_, _| false)?;
-        loader.history.retain(|_, _| false)?;
-        loader.revs.retain(|_, _| false)?;
+        loader.records.retain(|_, _| false)?;
         loader.leases.retain(|_, _| false)?;
         loader.lease_keys.retain(|_, _| false)?;
         loader.members.retain(|_, _| false)?;
@@ -128,18 +115,24 @@ impl<'txn> TableLoader<'txn> {
     /// Inserts one row into its table.
     pub fn insert(&mut self, row: &Row<'_>) -> Result<(), StorageError> {
         match *row {
-            Row::Latest { key, value } => {
-                self.latest.insert(key, value)?;
+            Row::Record {
+                revision,
+                sub,
+                record,
+            } => {
+                self.records.insert((revision, sub), record)?;
             }
+            // The live versions are in the history too.
+            Row::Latest { .. } => {}
             Row::History {
                 key,
                 revision,
                 value,
             } => {
-                self.history.insert((key, revision), value)?;
+                self.legacy()?.history.insert((key, revision), value)?;
             }
             Row::Revs { revision, sub, key } => {
-                self.revs.insert((revision, sub), key)?;
+                self.legacy()?.revs.insert((revision, sub), key)?;
             }
             Row::Lease { id, record } => {
                 self.leases.insert(id, record)?;
@@ -179,4 +172,32 @@ impl<'txn> TableLoader<'txn> {
     pub fn meta(&mut self) -> &mut Table<'txn, &'static str, &'static [u8]> {
         &mut self.meta
     }
+
+    fn legacy(&mut self) -> Result<&mut LegacyTables<'txn>, StorageError> {
+        if self.legacy.is_none() {
+            self.legacy = Some(LegacyTables {
+                history: self.txn.open_table(KV_HISTORY)?,
+                revs: self.txn.open_table(KV_REVS)?,
+            });
+        }
+        Ok(self.legacy.as_mut().expect("opened above"))
+    }
+
+    /// Ends the load: rows of format 2's tables become records. Call it
+    /// before committing.
+    pub fn finish(self) -> Result<(), StorageError> {
+        let txn = self.txn;
+        let had_legacy = self.legacy.is_some();
+        // The tables must be closed before the conversion deletes them.
+        drop(self);
+        if had_legacy {
+            legacy::convert(txn)?;
+        }
+        Ok(())
+    }
+}
+
+struct LegacyTables<'txn> {
+    history: Table<'txn, (&'static [u8], u64), &'static [u8]>,
+    revs: Table<'txn, (u64, u32), &'static [u8]>,
 }

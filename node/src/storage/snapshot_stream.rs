@@ -29,10 +29,14 @@ use crate::raft::types::SnapshotMeta;
 
 /// First eight bytes of a Raft snapshot stream.
 pub const STREAM_MAGIC: [u8; 8] = *b"WITANRSS";
-/// The stream layout this build writes and the only one it reads. Version 1
-/// was the whole-image MessagePack blob kept in redb's `snapshot` table
-/// (still the image inside `witan snapshot save` files, see `snapshot.rs`).
-pub const STREAM_FORMAT: u32 = 2;
+/// The stream layout this build writes. Version 1 was the whole-image
+/// MessagePack blob kept in redb's `snapshot` table (still the image inside
+/// `witan snapshot save` files, see `snapshot.rs`). Version 2 carried the
+/// key-ordered tables of storage format 2 (`Latest`, `History`, `Revs`
+/// rows); version 3 carries `Record` rows instead. This build reads both.
+pub const STREAM_FORMAT: u32 = 3;
+/// The oldest layout this build reads.
+pub const OLDEST_STREAM_FORMAT: u32 = 2;
 /// Largest frame accepted. A row is one key-value version (etcd caps a
 /// request at 1.5 MiB by default; witan at its `--max-request-bytes`), so
 /// this bound only stops garbage from asking for gigabytes.
@@ -47,20 +51,28 @@ const TAG_LEASE_KEY: u8 = 5;
 const TAG_MEMBER: u8 = 6;
 const TAG_ALARM: u8 = 7;
 const TAG_AUTH: u8 = 8;
+const TAG_RECORD: u8 = 9;
 const TAG_END: u8 = 0xff;
 
 /// One row of one state-machine table, borrowing its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Row<'a> {
-    /// `kv_latest`: user key -> `mvccpb.KeyValue`.
+    /// `kv_records`: (revision, sub) -> kind byte + `mvccpb.KeyValue`.
+    Record {
+        revision: u64,
+        sub: u32,
+        record: &'a [u8],
+    },
+    /// Format 2's `kv_latest`: user key -> `mvccpb.KeyValue` (read only).
     Latest { key: &'a [u8], value: &'a [u8] },
-    /// `kv_history`: (user key, mod_revision) -> kind byte + KeyValue.
+    /// Format 2's `kv_history`: (user key, mod_revision) -> kind byte +
+    /// KeyValue (read only).
     History {
         key: &'a [u8],
         revision: u64,
         value: &'a [u8],
     },
-    /// `kv_revs`: (revision, sub) -> user key.
+    /// Format 2's `kv_revs`: (revision, sub) -> user key (read only).
     Revs {
         revision: u64,
         sub: u32,
@@ -93,7 +105,9 @@ pub enum StreamError {
     Io(#[from] io::Error),
     #[error("not a witan Raft snapshot (bad magic)")]
     BadMagic,
-    #[error("Raft snapshot format {found} is not supported (this build reads {STREAM_FORMAT})")]
+    #[error(
+        "Raft snapshot format {found} is not supported (this build reads {OLDEST_STREAM_FORMAT} to {STREAM_FORMAT})"
+    )]
     UnsupportedFormat { found: u32 },
     #[error("Raft snapshot is truncated (after {rows} rows)")]
     Truncated { rows: u64 },
@@ -117,6 +131,16 @@ fn encode_row(row: &Row<'_>, out: &mut Vec<u8>) -> u8 {
         out.extend_from_slice(b);
     }
     match *row {
+        Row::Record {
+            revision,
+            sub,
+            record,
+        } => {
+            out.extend_from_slice(&revision.to_le_bytes());
+            out.extend_from_slice(&sub.to_le_bytes());
+            bytes(out, record);
+            TAG_RECORD
+        }
         Row::Latest { key, value } => {
             bytes(out, key);
             bytes(out, value);
@@ -228,6 +252,11 @@ impl<'a> Fields<'a> {
 fn decode_row(tag: u8, payload: &[u8]) -> Result<Row<'_>, StreamError> {
     let mut f = Fields { rest: payload };
     let row = match tag {
+        TAG_RECORD => Row::Record {
+            revision: f.u64()?,
+            sub: f.u32()?,
+            record: f.bytes()?,
+        },
         TAG_LATEST => Row::Latest {
             key: f.bytes()?,
             value: f.bytes()?,
@@ -281,6 +310,12 @@ pub struct StreamWriter<W: Write> {
 impl<W: Write> StreamWriter<W> {
     /// Writes the magic and the header frame.
     pub fn new(out: W, header: &StreamHeader) -> io::Result<Self> {
+        Self::with_format(out, header, STREAM_FORMAT)
+    }
+
+    /// A writer that claims layout `format` (tests write format-2 streams
+    /// with it, as an older member would).
+    pub(crate) fn with_format(out: W, header: &StreamHeader, format: u32) -> io::Result<Self> {
         let mut writer = StreamWriter {
             out,
             crc: 0,
@@ -290,7 +325,7 @@ impl<W: Write> StreamWriter<W> {
         writer.put(&STREAM_MAGIC)?;
         let meta = super::to_rmp(&header.meta);
         let mut payload = Vec::with_capacity(24 + meta.len());
-        payload.extend_from_slice(&STREAM_FORMAT.to_le_bytes());
+        payload.extend_from_slice(&format.to_le_bytes());
         payload.extend_from_slice(&header.revision.to_le_bytes());
         payload.extend_from_slice(&header.compact_revision.to_le_bytes());
         payload.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -378,7 +413,7 @@ impl<R: Read> StreamReader<R> {
             rest: &reader.frame,
         };
         let format = f.u32()?;
-        if format != STREAM_FORMAT {
+        if !(OLDEST_STREAM_FORMAT..=STREAM_FORMAT).contains(&format) {
             return Err(StreamError::UnsupportedFormat { found: format });
         }
         let revision = f.i64()?;
@@ -482,6 +517,11 @@ mod tests {
 
     fn rows() -> Vec<Row<'static>> {
         vec![
+            Row::Record {
+                revision: 5,
+                sub: 1,
+                record: b"\x00kv",
+            },
             Row::Latest {
                 key: b"a",
                 value: b"kv-a",
@@ -574,6 +614,22 @@ mod tests {
             read_all(b"WITANSNP\x01\x00\x00\x00"),
             Err(StreamError::BadMagic)
         ));
+    }
+
+    #[test]
+    fn format_2_streams_are_read_and_newer_ones_refused() {
+        for (format, readable) in [(1, false), (2, true), (3, true), (4, false)] {
+            let mut w = StreamWriter::with_format(Vec::new(), &header(), format).unwrap();
+            w.row(&rows()[1]).unwrap();
+            let bytes = w.finish().unwrap();
+            match read_all(&bytes) {
+                Ok((_, n)) => assert!(readable && n == 1, "format {format}"),
+                Err(StreamError::UnsupportedFormat { found }) => {
+                    assert!(!readable && found == format, "format {format}")
+                }
+                Err(other) => panic!("format {format}: {other}"),
+            }
+        }
     }
 
     #[test]

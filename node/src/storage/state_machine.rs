@@ -15,8 +15,8 @@ use super::snapshot_file::{RaftSnapshotFile, SnapDir, TempPath};
 use super::snapshot_rows::{TableLoader, visit_rows};
 use super::snapshot_stream::{StreamError, StreamHeader, StreamReader, StreamWriter};
 use super::{
-    ALARMS, AUTH, KV_HISTORY, KV_LATEST, KV_REVS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT,
-    Store, blocking, inline, meta_i64, meta_key, meta_rmp, to_rmp,
+    ALARMS, AUTH, KV_RECORDS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store, blocking, inline,
+    meta_i64, meta_key, meta_rmp, to_rmp,
 };
 use crate::auth::state::AuthState;
 use crate::auth::{self, AuthEffects, AuthStore};
@@ -24,7 +24,7 @@ use crate::hub::{ApplyHub, ApplyNotice};
 use crate::lease::lessor::Lessor;
 use crate::mvcc::alarm::{ActiveAlarms, AlarmChange};
 use crate::mvcc::apply::{Applier, ApplyError, LeaseChange};
-use crate::mvcc::read::ReadView;
+use crate::mvcc::index::KeyIndex;
 use crate::proto::etcdserverpb::{
     AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
@@ -49,6 +49,16 @@ pub struct StateMachine {
     auth: Arc<AuthStore>,
     /// Times each apply transaction's commit, when set.
     commit_timer: Option<prometheus::Histogram>,
+}
+
+/// What an applied batch tells the rest of the member.
+struct Applied {
+    responses: Vec<BatchResponse>,
+    notice: ApplyNotice,
+    lease_changes: Vec<LeaseChange>,
+    /// The new auth state, when the batch changed it.
+    auth_state: Option<Arc<AuthState>>,
+    auth_effects: AuthEffects,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -143,6 +153,42 @@ impl StateMachine {
         &self,
         entries: Vec<Entry>,
     ) -> Result<Vec<BatchResponse>, super::StorageError> {
+        // Held until the commit: readers never see the index ahead of the
+        // records, nor records the index does not name yet.
+        let mut index = self.store.index_write();
+        let applied = self.apply_locked(&mut index, entries);
+        if applied.is_err() {
+            // The transaction is gone; the index must forget its changes
+            // too, or it would name records that were never written.
+            if let Err(e) = self.store.rebuild_index(&mut index) {
+                tracing::error!(error = %e, "rebuilding the key index after a failed apply");
+            }
+        }
+        drop(index);
+        let applied = applied?;
+        if let Some(auth_state) = applied.auth_state {
+            self.auth.install(auth_state);
+        }
+        self.auth.apply_effects(applied.auth_effects);
+        let now = Instant::now();
+        for change in applied.lease_changes {
+            match change {
+                LeaseChange::Granted { id, ttl_secs } => self.lessor.granted(id, ttl_secs, now),
+                LeaseChange::Revoked { id } => self.lessor.revoked(id),
+            }
+        }
+        self.hub.publish(applied.notice);
+        Ok(applied.responses)
+    }
+
+    /// Applies `entries` in one redb transaction while the caller holds
+    /// the index's write lock; returns what to tell the rest of the member
+    /// once the lock is released.
+    fn apply_locked(
+        &self,
+        index: &mut KeyIndex,
+        entries: Vec<Entry>,
+    ) -> Result<Applied, super::StorageError> {
         let mut txn = self.store.db().begin_write()?;
         // Not fsynced here: the log already is, and the next log append's
         // fsync makes this commit durable too. A crash replays from the
@@ -161,13 +207,8 @@ impl StateMachine {
             let mut alarm_table = txn.open_table(ALARMS)?;
             let mut alarms = ActiveAlarms::load(&alarm_table)?;
             let mut applier = Applier::new(
-                ReadView {
-                    latest: txn.open_table(KV_LATEST)?,
-                    history: txn.open_table(KV_HISTORY)?,
-                    revs: txn.open_table(KV_REVS)?,
-                    revision,
-                    compact_revision,
-                },
+                (index, txn.open_table(KV_RECORDS)?),
+                (revision, compact_revision),
                 txn.open_table(LEASES)?,
                 txn.open_table(LEASE_KEYS)?,
             );
@@ -206,16 +247,16 @@ impl StateMachine {
             }
             meta.insert(
                 meta_key::REVISION,
-                applier.view.revision.to_le_bytes().as_slice(),
+                applier.revision.to_le_bytes().as_slice(),
             )?;
             meta.insert(
                 meta_key::COMPACT_REVISION,
-                applier.view.compact_revision.to_le_bytes().as_slice(),
+                applier.compact_revision.to_le_bytes().as_slice(),
             )?;
             (
                 std::mem::take(&mut applier.events),
                 std::mem::take(&mut applier.lease_changes),
-                applier.view.revision,
+                applier.revision,
             )
         };
         let started = Instant::now();
@@ -224,23 +265,17 @@ impl StateMachine {
             timer.observe(started.elapsed().as_secs_f64());
         }
         tracing::trace!(revision, "applied batch");
-        if !Arc::ptr_eq(&auth_state, &auth_before) {
-            self.auth.install(auth_state);
-        }
-        self.auth.apply_effects(auth_effects);
-        let now = Instant::now();
-        for change in lease_changes {
-            match change {
-                LeaseChange::Granted { id, ttl_secs } => self.lessor.granted(id, ttl_secs, now),
-                LeaseChange::Revoked { id } => self.lessor.revoked(id),
-            }
-        }
-        self.hub.publish(ApplyNotice {
-            revision,
-            events,
-            reset: false,
-        });
-        Ok(responses)
+        Ok(Applied {
+            responses,
+            notice: ApplyNotice {
+                revision,
+                events,
+                reset: false,
+            },
+            lease_changes,
+            auth_state: (!Arc::ptr_eq(&auth_state, &auth_before)).then_some(auth_state),
+            auth_effects,
+        })
     }
 
     /// Streams every state-machine table, as of one read transaction, to a
@@ -369,8 +404,13 @@ impl StateMachine {
                 meta_key::MEMBERSHIP,
                 to_rmp(&meta.last_membership).as_slice(),
             )?;
+            tables.finish()?;
         }
+        // Readers see the old state or the new one, each with its index.
+        let mut index = self.store.index_write();
         txn.commit()?;
+        self.store.rebuild_index(&mut index)?;
+        drop(index);
         if let Some(temp) = temp {
             self.snap
                 .publish(temp, meta.last_log_id)
@@ -469,36 +509,36 @@ fn apply_one(
     let result: Result<Response, ApplyError> = match &request.request {
         Some(Request::Put(req)) => applier.put(req).map(|r| {
             Response::Put(PutResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
                 ..r
             })
         }),
         Some(Request::DeleteRange(req)) => applier.delete_range(req).map(|r| {
             Response::DeleteRange(DeleteRangeResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
                 ..r
             })
         }),
         Some(Request::Txn(req)) => applier.txn(req).map(|r| {
             Response::Txn(TxnResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
                 ..r
             })
         }),
         Some(Request::Compaction(req)) => applier.compact(req).map(|()| {
             Response::Compaction(CompactionResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
             })
         }),
         Some(Request::LeaseGrant(req)) => applier.lease_grant(req).map(|r| {
             Response::LeaseGrant(LeaseGrantResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
                 ..r
             })
         }),
         Some(Request::LeaseRevoke(req)) => applier.lease_revoke(req).map(|()| {
             Response::LeaseRevoke(LeaseRevokeResponse {
-                header: header(applier.view.revision),
+                header: header(applier.revision),
             })
         }),
         Some(Request::Publish(attrs)) => members
@@ -521,7 +561,7 @@ fn apply_one(
             stored
                 .map(|()| {
                     Response::Alarm(AlarmResponse {
-                        header: header(applier.view.revision),
+                        header: header(applier.revision),
                         ..resp
                     })
                 })
@@ -706,6 +746,24 @@ mod tests {
         sm.install(meta, file, Some(temp))
     }
 
+    /// Every live key and its value, read through the key index as a
+    /// member reads.
+    fn live(sm: &StateMachine) -> Vec<(String, String)> {
+        let every = crate::mvcc::range::KeyRange::new(b"\0", b"\0");
+        let (kvs, _) = sm
+            .store
+            .read_kv(|view| view.scan(&every, i64::MAX, usize::MAX))
+            .unwrap();
+        kvs.into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     fn snap_files(sm: &StateMachine) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(sm.snap.path())
             .unwrap()
@@ -713,6 +771,121 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_format_2_stream_from_an_older_member_installs() {
+        use crate::mvcc::{KIND_DELETE, KIND_PUT, encode_history};
+        use crate::proto::mvccpb::KeyValue;
+        use crate::storage::snapshot_stream::{Row, StreamHeader, StreamWriter};
+        let kv = |key: &str, rev: i64, value: &str| KeyValue {
+            key: key.into(),
+            create_revision: 2,
+            mod_revision: rev,
+            version: rev - 1,
+            value: value.into(),
+            lease: 0,
+        };
+        // Compacted at 3: a@2 kept without its revs row; a@3, b@4 (one
+        // txn with c@4), c deleted at 5.
+        let versions = [
+            ("a", 2, KIND_PUT, kv("a", 2, "old")),
+            ("a", 3, KIND_PUT, kv("a", 3, "new")),
+            ("b", 4, KIND_PUT, kv("b", 4, "bee")),
+            ("c", 4, KIND_PUT, kv("c", 4, "sea")),
+            (
+                "c",
+                5,
+                KIND_DELETE,
+                KeyValue {
+                    key: b"c".to_vec(),
+                    mod_revision: 5,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let records: Vec<Vec<u8>> = versions
+            .iter()
+            .map(|(_, _, kind, kv)| encode_history(*kind, kv))
+            .collect();
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(9)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "old-member".into(),
+        };
+        let header = StreamHeader {
+            revision: 5,
+            compact_revision: 3,
+            meta: meta.clone(),
+        };
+        let mut writer = StreamWriter::with_format(Vec::new(), &header, 2).unwrap();
+        let a3 = kv("a", 3, "new").encode_to_vec();
+        let b4 = kv("b", 4, "bee").encode_to_vec();
+        writer
+            .row(&Row::Latest {
+                key: b"a",
+                value: &a3,
+            })
+            .unwrap();
+        writer
+            .row(&Row::Latest {
+                key: b"b",
+                value: &b4,
+            })
+            .unwrap();
+        for ((key, rev, _, _), record) in versions.iter().zip(&records) {
+            writer
+                .row(&Row::History {
+                    key: key.as_bytes(),
+                    revision: *rev as u64,
+                    value: record,
+                })
+                .unwrap();
+        }
+        for (revision, sub, key) in [(3, 0, "a"), (4, 0, "b"), (4, 1, "c"), (5, 0, "c")] {
+            writer
+                .row(&Row::Revs {
+                    revision,
+                    sub,
+                    key: key.as_bytes(),
+                })
+                .unwrap();
+        }
+        let bytes = writer.finish().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let sm = machine(dir.path());
+        install_bytes(&sm, &meta, &bytes).unwrap();
+        assert_eq!(
+            live(&sm),
+            [("a".into(), "new".into()), ("b".into(), "bee".into())]
+        );
+        // A watch from the compact revision replays 3, 4 (b, then c) and 5.
+        let events = sm
+            .store
+            .read_kv(|view| {
+                assert_eq!((view.revision, view.compact_revision), (5, 3));
+                view.events(3, 5, true)
+            })
+            .unwrap();
+        let seen: Vec<(i64, String)> = events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().unwrap();
+                (kv.mod_revision, String::from_utf8(kv.key.clone()).unwrap())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (3, "a".into()),
+                (4, "b".into()),
+                (4, "c".into()),
+                (5, "c".into())
+            ]
+        );
+        assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"old");
+        assert_eq!(events[3].prev_kv.as_ref().unwrap().value, b"sea");
     }
 
     #[test]
@@ -728,8 +901,14 @@ mod tests {
         );
 
         let b = machine(b_dir.path());
+        load(&b, 3, "b");
         install_bytes(&b, &snapshot.meta, &snapshot_bytes(&a)).unwrap();
         assert_eq!(state_hash(&b), state_hash(&a));
+        // The key index was rebuilt with the new records.
+        let keys = live(&b);
+        assert_eq!(keys, live(&a));
+        assert_eq!(keys.len(), 499);
+        assert_eq!(keys[1], ("key-00001".into(), "again".into()));
         assert_eq!(b.applied().unwrap(), a.applied().unwrap());
         assert_eq!(b.lessor.ids(), vec![7]);
         // The received file is now b's current snapshot, the temp is gone.
