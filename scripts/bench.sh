@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks witan against etcd on this machine, side by side (issue 6).
 #
-#   scripts/bench.sh            every scenario, 3 rounds (about 60 minutes on 2 cores)
+#   scripts/bench.sh            every scenario, 3 rounds (about 35 minutes on 2 cores)
 #   scripts/bench.sh --quick    put_1, put_64, range_lin_64, one round (about 3 minutes
 #                               once the tools are built)
 #
