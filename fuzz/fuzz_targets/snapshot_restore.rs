@@ -57,23 +57,33 @@ fn seeds() -> Vec<Vec<u8>> {
             lease: 0,
         })
     };
-    let image = SnapshotImage {
+    let record = || {
+        let mut record = vec![0];
+        record.extend(kv(b"a", b"1", 3));
+        ByteBuf::from(record)
+    };
+    // The current format (records by revision) and format 1 (key-ordered
+    // rows, converted on restore: its consistency checks are a target too).
+    let current = SnapshotImage {
         format: IMAGE_FORMAT,
+        revision: 3,
+        compact_revision: 2,
+        records: vec![(3, 0, record())],
+        ..Default::default()
+    };
+    let key_ordered = SnapshotImage {
+        format: 1,
         revision: 3,
         compact_revision: 2,
         latest: vec![(
             ByteBuf::from(b"a".to_vec()),
             ByteBuf::from(kv(b"a", b"1", 3)),
         )],
-        history: vec![(ByteBuf::from(b"a".to_vec()), 3, {
-            let mut record = vec![0];
-            record.extend(kv(b"a", b"1", 3));
-            ByteBuf::from(record)
-        })],
+        history: vec![(ByteBuf::from(b"a".to_vec()), 3, record())],
         revs: vec![(3, 0, ByteBuf::from(b"a".to_vec()))],
         ..Default::default()
     };
-    let file = SnapshotFile {
+    let file = |image| SnapshotFile {
         cluster_id: 1,
         member_id: 2,
         member_name: "m".into(),
@@ -82,21 +92,24 @@ fn seeds() -> Vec<Vec<u8>> {
         applied_index: 5,
         image,
     };
-    let whole = file.encode();
-    let body = rmp_serde::to_vec(&file).expect("seed encodes");
     let with_mode = |mode: u8, rest: &[u8]| {
         let mut out = vec![mode];
         out.extend_from_slice(rest);
         out
     };
-    vec![
-        with_mode(0, &whole),
-        with_mode(1, &body),
-        with_mode(
+    let mut seeds = vec![with_mode(
+        1,
+        &rmp_serde::to_vec(&SnapshotFile::default()).expect("seed encodes"),
+    )];
+    for image in [current, key_ordered] {
+        let file = file(image);
+        seeds.push(with_mode(0, &file.encode()));
+        seeds.push(with_mode(
             1,
-            &rmp_serde::to_vec(&SnapshotFile::default()).expect("seed encodes"),
-        ),
-    ]
+            &rmp_serde::to_vec(&file).expect("seed encodes"),
+        ));
+    }
+    seeds
 }
 
 fuzz_target!(

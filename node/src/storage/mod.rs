@@ -141,6 +141,25 @@ redb_from!(
     redb::CommitError
 );
 
+/// The key index of every record in `records`: at open, after a snapshot
+/// install, and when a snapshot image is verified.
+pub(crate) fn index_records(
+    records: &impl ReadableTable<(u64, u32), &'static [u8]>,
+) -> Result<KeyIndex, StorageError> {
+    let mut index = KeyIndex::new();
+    for item in records.iter()? {
+        let (k, raw) = item?;
+        let (revision, sub) = k.value();
+        let (kind, key) = crate::mvcc::record_key(raw.value())?;
+        index.push(
+            &key,
+            Revision::new(revision as i64, sub),
+            kind == crate::mvcc::KIND_DELETE,
+        );
+    }
+    Ok(index)
+}
+
 impl StorageError {
     pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Self {
         StorageError::Corrupt {
@@ -237,19 +256,8 @@ impl Store {
     /// snapshot install, after an apply that failed half-way).
     pub fn rebuild_index(&self, index: &mut KeyIndex) -> Result<(), StorageError> {
         let started = Instant::now();
-        let mut fresh = KeyIndex::new();
         let txn = self.db.begin_read()?;
-        for item in txn.open_table(KV_RECORDS)?.iter()? {
-            let (k, raw) = item?;
-            let (revision, sub) = k.value();
-            let (kind, key) = crate::mvcc::record_key(raw.value())?;
-            fresh.push(
-                &key,
-                Revision::new(revision as i64, sub),
-                kind == crate::mvcc::KIND_DELETE,
-            );
-        }
-        *index = fresh;
+        *index = index_records(&txn.open_table(KV_RECORDS)?)?;
         tracing::debug!(
             keys = index.key_count(),
             took_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -174,6 +174,22 @@ impl SnapshotImage {
         tables.finish()
     }
 
+    /// Checks the image as a restore and the first start of the restored
+    /// member would (format-2 rows converted, every record's key read into
+    /// a key index), in a database in memory, and returns its live keys.
+    /// `witan snapshot status` calls it, so it accepts exactly what
+    /// `witan snapshot restore` accepts.
+    pub fn verify(&self) -> Result<usize, StorageError> {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StorageError::Redb(e.into()))?;
+        let txn = db.begin_write()?;
+        self.restore(&txn)?;
+        super::index_records(&txn.open_table(super::KV_RECORDS)?)?;
+        txn.abort()?;
+        self.live_keys()
+    }
+
     /// Keys live at the image's revision.
     pub fn live_keys(&self) -> Result<usize, StorageError> {
         if self.format == IMAGE_FORMAT_KEY_ORDERED {
