@@ -262,6 +262,37 @@ fn put_options_and_their_errors() {
 }
 
 #[test]
+fn ignore_lease_keeps_the_keys_lease_and_needs_the_key() {
+    let mut s = Mvcc::new();
+    s.write(|a| {
+        a.lease_grant(&LeaseGrantRequest { ttl: 10, id: 7 })
+            .unwrap()
+    });
+    let put = |key: &str, value: &str, lease: i64, ignore_lease: bool| PutRequest {
+        key: key.into(),
+        value: value.into(),
+        lease,
+        ignore_lease,
+        ..Default::default()
+    };
+    s.write(|a| a.put(&put("k", "v1", 7, false)).unwrap());
+    s.write(|a| a.put(&put("k", "v2", 0, true)).unwrap());
+    let kv = s.get("k").unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.lease, kv.version),
+        (&b"v2"[..], 7, 2)
+    );
+    // Without ignore_lease a put with no lease detaches the key.
+    s.write(|a| a.put(&put("k", "v3", 0, false)).unwrap());
+    assert_eq!(s.get("k").unwrap().lease, 0);
+    let (err, _) = s.write(|a| a.put(&put("missing", "v", 0, true)));
+    assert!(matches!(
+        err,
+        Err(ApplyError::Rejected(EtcdError::KeyNotFound))
+    ));
+}
+
+#[test]
 fn reads_at_past_revisions_and_compaction() {
     let mut s = Mvcc::new();
     s.put("a", "1"); // 2
