@@ -163,7 +163,7 @@ pub fn restore(raw: &[u8], data_dir: &Path) -> Result<Restored, RestoreError> {
     {
         let store = Store::open(&staging.path)?;
         let txn = store.db().begin_write().map_err(StorageError::from)?;
-        file.image.restore(&txn)?;
+        file.image.restore_checked(&txn)?;
         txn.commit().map_err(StorageError::from)?;
     }
     // An empty directory is replaced by the rename; anything else was
@@ -303,44 +303,74 @@ mod tests {
         assert!(status(&raw[..raw.len() - 1]).is_err());
     }
 
-    #[test]
-    fn status_refuses_what_restore_refuses() {
+    /// A format-1 snapshot file of key `a` at revision 3: its latest
+    /// version, `record` as its history, and its change listed at
+    /// `listed_at` in the watch order.
+    fn format_1_file(record: Vec<u8>, listed_at: u64) -> Vec<u8> {
         use serde_bytes::ByteBuf;
-        // A format-1 image whose watch order names a change at revision 1
-        // that no stored version has (found by the snapshot_restore fuzz
-        // target: status said Ok, restore said damaged).
-        let kv = crate::proto::mvccpb::KeyValue {
-            key: b"a".to_vec(),
-            mod_revision: 3,
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let mut record = vec![0];
-        record.extend(&kv);
-        let raw = SnapshotFile {
+        let a = || ByteBuf::from(b"a".to_vec());
+        SnapshotFile {
             image: SnapshotImage {
                 format: 1,
                 revision: 3,
-                latest: vec![(ByteBuf::from(b"a".to_vec()), ByteBuf::from(kv))],
-                history: vec![(ByteBuf::from(b"a".to_vec()), 3, ByteBuf::from(record))],
-                revs: vec![(1, 0, ByteBuf::from(b"a".to_vec()))],
+                latest: vec![(a(), ByteBuf::from(key_a_at_3()))],
+                history: vec![(a(), 3, ByteBuf::from(record))],
+                revs: vec![(listed_at, 0, a())],
                 ..Default::default()
             },
             ..Default::default()
         }
-        .encode();
-        let status_error = status(&raw).unwrap_err().to_string();
+        .encode()
+    }
+
+    fn key_a_at_3() -> Vec<u8> {
+        crate::proto::mvccpb::KeyValue {
+            key: b"a".to_vec(),
+            mod_revision: 3,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Both commands' errors on `raw`, after checking restore left nothing.
+    fn status_and_restore_errors(raw: &[u8]) -> [String; 2] {
+        let status_error = status(raw).unwrap_err().to_string();
         let parent = tempfile::tempdir().unwrap();
-        let restore_error = restore(&raw, &parent.path().join("new"))
+        let restore_error = restore(raw, &parent.path().join("new"))
             .unwrap_err()
             .to_string();
-        for error in [&status_error, &restore_error] {
+        assert!(leftovers(parent.path()).is_empty());
+        [status_error, restore_error]
+    }
+
+    #[test]
+    fn status_refuses_what_restore_refuses() {
+        // A format-1 image whose watch order names a change at revision 1
+        // that no stored version has (found by the snapshot_restore fuzz
+        // target: status said Ok, restore said damaged).
+        let mut record = vec![0];
+        record.extend(key_a_at_3());
+        for error in status_and_restore_errors(&format_1_file(record, 1)) {
             assert!(
                 error.contains("no version of a key changed at revision 1"),
                 "{error}"
             );
         }
-        assert!(leftovers(parent.path()).is_empty());
+    }
+
+    #[test]
+    fn restore_refuses_a_record_a_starting_member_could_not_index() {
+        // Found by the snapshot_restore fuzz target: a history record
+        // whose key-value starts with its value field (so the key is not
+        // where the index reads it first) and then cuts a second value
+        // short. status refused it while indexing; restore wrote it, and
+        // the restored member would have failed to build its key index at
+        // its first start.
+        let mut record = vec![0, 0x2a, 1, b'a'];
+        record.extend([0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 0x40, b'1']);
+        for error in status_and_restore_errors(&format_1_file(record, 3)) {
+            assert!(error.contains("history record"), "{error}");
+        }
     }
 
     #[test]

@@ -174,18 +174,26 @@ impl SnapshotImage {
         tables.finish()
     }
 
-    /// Checks the image as a restore and the first start of the restored
-    /// member would (format-2 rows converted, every record's key read into
-    /// a key index), in a database in memory, and returns its live keys.
-    /// `witan snapshot status` calls it, so it accepts exactly what
-    /// `witan snapshot restore` accepts.
+    /// [`restore`](Self::restore), then reads every record's key into a
+    /// key index as the first start of a member on these tables will: a
+    /// record that start could not index is refused now, not then.
+    /// `witan snapshot restore` writes with it and `witan snapshot status`
+    /// checks with it (see [`verify`](Self::verify)), so the two accept
+    /// the same images.
+    pub fn restore_checked(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        self.restore(txn)?;
+        super::index_records(&txn.open_table(super::KV_RECORDS)?)?;
+        Ok(())
+    }
+
+    /// Runs [`restore_checked`](Self::restore_checked) in a database in
+    /// memory and returns the image's live keys.
     pub fn verify(&self) -> Result<usize, StorageError> {
         let db = redb::Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StorageError::Redb(e.into()))?;
         let txn = db.begin_write()?;
-        self.restore(&txn)?;
-        super::index_records(&txn.open_table(super::KV_RECORDS)?)?;
+        self.restore_checked(&txn)?;
         txn.abort()?;
         self.live_keys()
     }
