@@ -34,6 +34,13 @@ fn op_range(key: &str) -> RequestOp {
     }
 }
 
+/// A fresh store holding one lease, `id`, and no key.
+fn store_with_lease(id: i64) -> Mvcc {
+    let mut s = Mvcc::new();
+    s.write(|a| a.lease_grant(&LeaseGrantRequest { ttl: 10, id }).unwrap());
+    s
+}
+
 fn cmp(key: &str, target: CompareTarget, result: CompareResult, value: TargetUnion) -> Compare {
     Compare {
         key: key.into(),
@@ -263,11 +270,7 @@ fn put_options_and_their_errors() {
 
 #[test]
 fn ignore_lease_keeps_the_keys_lease_and_needs_the_key() {
-    let mut s = Mvcc::new();
-    s.write(|a| {
-        a.lease_grant(&LeaseGrantRequest { ttl: 10, id: 7 })
-            .unwrap()
-    });
+    let mut s = store_with_lease(7);
     let put = |key: &str, value: &str, lease: i64, ignore_lease: bool| PutRequest {
         key: key.into(),
         value: value.into(),
@@ -429,11 +432,7 @@ fn range_options_follow_etcd() {
 
 #[test]
 fn lease_revoke_deletes_attached_keys_in_one_revision() {
-    let mut s = Mvcc::new();
-    s.write(|a| {
-        a.lease_grant(&LeaseGrantRequest { ttl: 10, id: 7 })
-            .unwrap()
-    });
+    let mut s = store_with_lease(7);
     assert_eq!(s.revision, 1, "a grant writes no key");
     for key in ["x", "y"] {
         s.write(|a| {
