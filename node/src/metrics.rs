@@ -11,8 +11,8 @@ pub mod grpc;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 use tokio::sync::watch;
 
@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Round trip of one heartbeat to a peer, labelled `To` (the peer's id
     /// in hex, as etcd writes member ids).
     pub peer_round_trip_time: HistogramVec,
+    /// Append streams this member opened to each peer (`To`, hex): one
+    /// carries every log append to that peer until it breaks.
+    pub peer_append_streams: IntCounterVec,
     /// go-grpc-prometheus' server metrics, fed by the client port's layer.
     pub grpc: Arc<GrpcMetrics>,
 }
@@ -186,6 +189,18 @@ impl Metrics {
                 .expect("valid histogram");
                 r.register(Box::new(h.clone())).expect("unique name");
                 h
+            },
+            peer_append_streams: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "witan_network_peer_append_streams_opened_total",
+                        "Streams opened to a peer for its log appends; each carries every append until it breaks.",
+                    ),
+                    &["To"],
+                )
+                .expect("valid counter");
+                r.register(Box::new(c.clone())).expect("unique name");
+                c
             },
             grpc: Arc::new(GrpcMetrics::register(&r)),
             registry: r,

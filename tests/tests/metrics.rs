@@ -353,3 +353,45 @@ fn the_leader_reports_round_trips_to_each_peer() {
         assert!(sum > 0.0, "{to}: {sum}");
     }
 }
+
+/// The leader sends its log appends to each follower on one long-lived
+/// stream (as etcd's peer transport keeps a stream per peer), not one call
+/// per append: 30 writes later it has opened no new stream to either
+/// follower (a few, should appends time out on a loaded machine: a timed
+/// out append's stream is dropped, lest its late reply answer the next).
+#[test]
+fn the_leader_appends_to_each_peer_on_one_stream() {
+    let c = Cluster::start(3);
+    let leader = c.leader();
+    let port = c.member(leader).client_port;
+    let followers: Vec<String> = (0..c.len())
+        .filter(|&i| i != leader)
+        .map(|i| format!("{:x}", c.member_id(i)))
+        .collect();
+    let streams = |text: &str, to: &str| {
+        labelled(
+            text,
+            "witan_network_peer_append_streams_opened_total",
+            &[("To", to)],
+        )
+    };
+    let before = poll_until(SETTLE_TIMEOUT, "a stream to each follower", || {
+        let text = scrape(port)?;
+        for to in &followers {
+            if streams(&text, to)? < 1.0 {
+                return Err(format!("no stream to {to} yet"));
+            }
+        }
+        Ok(text)
+    });
+    for n in 0..30 {
+        c.ctl(&["put", &format!("key-{n}"), "value"]);
+    }
+    let after = scrape(port).expect("scrape");
+    let committed = |text: &str| sample(text, "etcd_server_proposals_committed_total").unwrap();
+    assert!(committed(&after) - committed(&before) >= 30.0, "{after}");
+    for to in &followers {
+        let opened = streams(&after, to).unwrap() - streams(&before, to).unwrap();
+        assert!(opened <= 3.0, "{opened} new streams to {to} for 30 writes");
+    }
+}

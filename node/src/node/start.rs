@@ -198,7 +198,9 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
             .with_commit_histogram(metrics.backend_commit.clone());
     let log_store = LogStore::open(&store, Some(metrics.wal_fsync.clone()))?;
     let log = log_store.wal();
-    let network = network.with_round_trip_time(metrics.peer_round_trip_time.clone());
+    let network = network
+        .with_round_trip_time(metrics.peer_round_trip_time.clone())
+        .with_append_streams_opened(metrics.peer_append_streams.clone());
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
     let client_listeners = bind(&config.listen_client_addrs).await?;

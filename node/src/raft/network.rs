@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -14,10 +15,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use prometheus::{Histogram, HistogramVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use rustls::ClientConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::{MemberNode, NodeId, TypeConfig};
@@ -94,6 +96,8 @@ pub struct PeerNetwork {
     pub channels: PeerChannels,
     /// `etcd_network_peer_round_trip_time_seconds`, labelled by peer.
     round_trip_time: Option<HistogramVec>,
+    /// `witan_network_peer_append_streams_opened_total`, labelled by peer.
+    append_streams_opened: Option<IntCounterVec>,
 }
 
 impl PeerNetwork {
@@ -101,6 +105,7 @@ impl PeerNetwork {
         PeerNetwork {
             channels,
             round_trip_time: None,
+            append_streams_opened: None,
         }
     }
 
@@ -109,20 +114,33 @@ impl PeerNetwork {
         self.round_trip_time = Some(histogram);
         self
     }
+
+    /// Counts the append streams opened to each peer in `counter` (label `To`).
+    pub fn with_append_streams_opened(mut self, counter: IntCounterVec) -> Self {
+        self.append_streams_opened = Some(counter);
+        self
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        // etcd labels peers with their member id in hex.
+        let to = format!("{target:x}");
         PeerConnection {
             target,
             client: self.channels.client(node),
-            // etcd labels peers with their member id in hex.
             round_trip_time: self
                 .round_trip_time
                 .as_ref()
-                .map(|h| h.with_label_values(&[&format!("{target:x}")])),
+                .map(|h| h.with_label_values(&[&to])),
+            append_streams_opened: self
+                .append_streams_opened
+                .as_ref()
+                .map(|c| c.with_label_values(&[&to])),
+            appends: None,
+            unary_until: None,
         }
     }
 }
@@ -132,6 +150,23 @@ pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     round_trip_time: Option<Histogram>,
+    append_streams_opened: Option<IntCounter>,
+    /// The stream appends go on, once opened (AppendEntriesStream).
+    appends: Option<AppendStream>,
+    /// Until when appends go as unary calls: the peer did not know the
+    /// stream (a member of an older version, during a rolling upgrade).
+    unary_until: Option<Instant>,
+}
+
+/// How long a peer that does not know the append stream is sent unary
+/// appends before the stream is tried again (it may have been upgraded).
+const UNARY_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// One open AppendEntriesStream: requests go in, one reply per request
+/// comes back, in order.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<RaftMessage>,
+    replies: tonic::Streaming<RaftMessage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +183,7 @@ pub(crate) fn decode<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String
     rmp_serde::from_slice(&msg.data).map_err(|e| format!("decoding peer message: {e}"))
 }
 
+#[derive(Clone, Copy)]
 enum Rpc {
     Append,
     /// An AppendEntries without entries (a heartbeat, or a commit index
@@ -158,39 +194,133 @@ enum Rpc {
     Snapshot,
 }
 
+type RpcResult<Resp, E> = Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
 impl PeerConnection {
-    async fn call<Req, Resp, E>(
+    /// One unary call.
+    async fn unary(
         &mut self,
         rpc: Rpc,
-        req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let client = match &mut self.client {
-            Ok(client) => client,
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&PeerError(
-                    e.clone(),
-                ))));
-            }
-        };
-        let mut request = tonic::Request::new(encode(req));
-        request.set_timeout(option.hard_ttl());
-        let sent_at = Instant::now();
+        message: RaftMessage,
+        ttl: Duration,
+    ) -> Result<RaftMessage, Status> {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| Status::unavailable(e.clone()))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(ttl);
         let reply = match rpc {
             Rpc::Append | Rpc::Heartbeat => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        if let (Rpc::Heartbeat, Ok(_), Some(histogram)) = (&rpc, &reply, &self.round_trip_time) {
+        reply.map(tonic::Response::into_inner)
+    }
+
+    /// One append on the stream, opening it first if need be.
+    ///
+    /// The stream is taken out of `self` for the exchange and put back only
+    /// once its reply is in: a stream that failed, timed out, or whose
+    /// exchange was cancelled (openraft drops an append that outlives the
+    /// heartbeat interval) is dropped with it, and the next append opens a
+    /// new one. Reusing it could pair a late reply with the next request:
+    /// a success for entries the follower does not have.
+    async fn streamed(
+        &mut self,
+        message: RaftMessage,
+        ttl: Duration,
+    ) -> Result<RaftMessage, Status> {
+        tokio::time::timeout(ttl, self.exchange(message))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer to an append in time")))
+    }
+
+    async fn exchange(&mut self, message: RaftMessage) -> Result<RaftMessage, Status> {
+        // Between exchanges nothing may be waiting on the stream: anything
+        // there is its end (the peer stopped, the connection broke), and
+        // finding it now spares this append a failure.
+        let alive = self.appends.take().and_then(|mut open| {
+            open.replies
+                .message()
+                .now_or_never()
+                .is_none()
+                .then_some(open)
+        });
+        let mut open = match alive {
+            Some(open) => open,
+            None => self.open_stream().await?,
+        };
+        open.requests
+            .send(message)
+            .await
+            .map_err(|_| Status::unavailable("the append stream to the peer is closed"))?;
+        let reply = open
+            .replies
+            .message()
+            .await?
+            .ok_or_else(|| Status::unavailable("the peer closed the append stream"))?;
+        self.appends = Some(open);
+        Ok(reply)
+    }
+
+    async fn open_stream(&mut self) -> Result<AppendStream, Status> {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| Status::unavailable(e.clone()))?;
+        // One request at a time is in the stream: openraft waits for each
+        // reply before it sends the next append.
+        let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+        let replies = client
+            .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        if let Some(counter) = &self.append_streams_opened {
+            counter.inc();
+        }
+        Ok(AppendStream { requests, replies })
+    }
+
+    /// Carries `req` to the peer and decodes its answer.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let message = encode(req);
+        let ttl = option.hard_ttl();
+        let sent_at = Instant::now();
+        let on_stream = matches!(rpc, Rpc::Append | Rpc::Heartbeat)
+            && self.unary_until.is_none_or(|until| Instant::now() >= until);
+        let reply = if on_stream {
+            match self.streamed(message, ttl).await {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        peer = self.target,
+                        "peer does not know the append stream; sending it unary appends"
+                    );
+                    self.unary_until = Some(Instant::now() + UNARY_RETRY_AFTER);
+                    // Encoded again rather than copied ahead of every
+                    // append for this rare case.
+                    self.unary(rpc, encode(req), ttl).await
+                }
+                reply => reply,
+            }
+        } else {
+            self.unary(rpc, message, ttl).await
+        };
+        if let (Rpc::Heartbeat, Ok(_), Some(histogram)) = (rpc, &reply, &self.round_trip_time) {
             histogram.observe(sent_at.elapsed().as_secs_f64());
         }
         let reply = match reply {
-            Ok(reply) => reply.into_inner(),
+            Ok(reply) => reply,
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&PeerError(
                     status.message().to_string(),
@@ -247,4 +377,135 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 /// does (the fuzz target `raft_rpc` drives it).
 pub fn decode_peer_message<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String> {
     decode(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openraft::Vote;
+    use prometheus::Opts;
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+    use crate::proto::witanpb::raft_server::{Raft, RaftServer};
+    use crate::proto::witanpb::{
+        CampaignRequest, CampaignResponse, ClusterMembersRequest, ClusterMembersResponse,
+        HoldElectionsRequest, HoldElectionsResponse, MembershipChange, MembershipChangeResult,
+        PreVoteRequest, PreVoteResponse,
+    };
+
+    /// A member of a version before the append stream: it answers unary
+    /// appends and knows no other call.
+    #[derive(Default)]
+    struct OlderPeer {
+        unary_appends: Arc<AtomicUsize>,
+    }
+
+    fn unknown<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("unknown method"))
+    }
+
+    #[tonic::async_trait]
+    impl Raft for OlderPeer {
+        type AppendEntriesStreamStream = tokio_stream::Empty<Result<RaftMessage, Status>>;
+
+        async fn append_entries(
+            &self,
+            req: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            let _: AppendEntriesRequest<TypeConfig> =
+                decode(req.get_ref()).map_err(Status::invalid_argument)?;
+            self.unary_appends.fetch_add(1, Ordering::SeqCst);
+            let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(encode(&answer)))
+        }
+        async fn append_entries_stream(
+            &self,
+            _: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+            unknown()
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            unknown()
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            unknown()
+        }
+        async fn forward(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            unknown()
+        }
+        async fn cluster_members(
+            &self,
+            _: Request<ClusterMembersRequest>,
+        ) -> Result<Response<ClusterMembersResponse>, Status> {
+            unknown()
+        }
+        async fn change_members(
+            &self,
+            _: Request<MembershipChange>,
+        ) -> Result<Response<MembershipChangeResult>, Status> {
+            unknown()
+        }
+        async fn hold_elections(
+            &self,
+            _: Request<HoldElectionsRequest>,
+        ) -> Result<Response<HoldElectionsResponse>, Status> {
+            unknown()
+        }
+        async fn campaign(
+            &self,
+            _: Request<CampaignRequest>,
+        ) -> Result<Response<CampaignResponse>, Status> {
+            unknown()
+        }
+        async fn pre_vote(
+            &self,
+            _: Request<PreVoteRequest>,
+        ) -> Result<Response<PreVoteResponse>, Status> {
+            unknown()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_append_stream_gets_unary_appends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = OlderPeer::default();
+        let unary_appends = peer.unary_appends.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let opened = IntCounterVec::new(Opts::new("opened", "streams"), &["To"]).unwrap();
+        let mut network =
+            PeerNetwork::new(PeerChannels::new(None)).with_append_streams_opened(opened.clone());
+        let node = MemberNode {
+            peer_urls: vec![format!("http://{addr}")],
+        };
+        let mut connection = network.new_client(2, &node).await;
+        for _ in 0..3 {
+            let request = AppendEntriesRequest {
+                vote: Vote::new_committed(1, 1),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            };
+            let answer = connection
+                .append_entries(request, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .expect("the older peer answers");
+            assert_eq!(answer, AppendEntriesResponse::Success);
+        }
+        assert_eq!(unary_appends.load(Ordering::SeqCst), 3);
+        // The stream was asked for once, refused, and not asked for again.
+        assert_eq!(opened.with_label_values(&["2"]).get(), 0);
+        assert!(connection.unary_until.is_some());
+        server.abort();
+    }
 }

@@ -1,11 +1,13 @@
 //! The server side of the peer link: openraft's RPCs and requests forwarded
 //! from followers to the leader.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::network::{decode, encode};
 use super::types::{NodeId, TypeConfig};
@@ -25,6 +27,35 @@ fn bad_request(e: String) -> Status {
     Status::invalid_argument(e)
 }
 
+/// One leader's stream of appends to this member.
+struct AppendStream {
+    /// None once the stream has ended with an error.
+    incoming: Option<Streaming<RaftMessage>>,
+    member: Arc<Member>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppendStream {
+    /// The answer to the next append, or None when the stream is over.
+    async fn next_reply(&mut self) -> Option<Result<RaftMessage, Status>> {
+        let incoming = self.incoming.as_mut()?;
+        let message = tokio::select! {
+            message = incoming.message() => message,
+            _ = self.stopping.wait_for(|stopping| *stopping) => return None,
+        };
+        // The leader closed the stream (None) or its connection broke:
+        // either way nobody is left to answer.
+        let message = message.ok()??;
+        match decode::<AppendEntriesRequest<TypeConfig>>(&message) {
+            Ok(rpc) => Some(Ok(encode(&self.member.raft.append_entries(rpc).await))),
+            Err(e) => {
+                self.incoming = None;
+                Some(Err(bad_request(e)))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn append_entries(
@@ -34,6 +65,29 @@ impl RaftService for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_request)?;
         let result = self.member.raft.append_entries(rpc).await;
         Ok(Response::new(encode(&result)))
+    }
+
+    type AppendEntriesStreamStream =
+        Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
+    /// Answers a leader's appends in order, one at a time, until the leader
+    /// closes the stream, the connection breaks, a message is not an
+    /// AppendEntries, or this member stops (a stream that outlived the
+    /// member would hold the peer server's graceful shutdown open).
+    async fn append_entries_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        let state = AppendStream {
+            incoming: Some(req.into_inner()),
+            member: self.member.clone(),
+            stopping: self.member.stopping.clone(),
+        };
+        let replies = futures::stream::unfold(state, |mut state| async move {
+            let reply = state.next_reply().await?;
+            Some((reply, state))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
