@@ -30,7 +30,7 @@ usage: scripts/bench.sh [--quick] [--rounds N] [--scenarios a,b,...] [--keys N]
                    (default target/bench/<date>-<time>)
   --plot FILE      the latency-against-throughput PNG (default DIR/latency-throughput.png)
 
-Environment: ETCD_VERSION (default v3.6.16), BENCHMARK_VERSION (go.etcd.io/etcd/v3
+Environment: ETCD_VERSION (default v3.7.4), BENCHMARK_VERSION (go.etcd.io/etcd/v3
 module version of the benchmark tool, default v3.6.5), WITAN_BIN, ETCD_BIN,
 BENCHMARK_BIN (use these binaries instead of building), BENCH_PORT_BASE (default 21000;
 loopback ports below 32768 so they never collide with ephemeral ones).
@@ -98,7 +98,7 @@ say() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # --- tools -----------------------------------------------------------------
 
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/witan/tools
-ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+ETCD_VERSION=${ETCD_VERSION:-v3.7.4}
 # go.etcd.io/etcd/v3 is the module that holds tools/benchmark; its tags are
 # served later than the server module's, so it has its own version.
 BENCHMARK_VERSION=${BENCHMARK_VERSION:-v3.6.5}
