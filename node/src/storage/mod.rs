@@ -387,7 +387,7 @@ impl Store {
 
     /// Size of the database file in bytes.
     pub fn file_size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.sync.file_len_bytes()
     }
 
     /// Bytes of the file in allocated pages (etcd's "in use"), measured at
@@ -613,6 +613,10 @@ mod tests {
             }
         }
         txn.commit().unwrap();
+        // The size the quota reads is the file's, without asking the kernel.
+        let on_disk = || std::fs::metadata(store.path()).unwrap().len();
+        assert!(on_disk() > 300 * 32 * 1024);
+        assert_eq!(store.file_size_bytes(), on_disk());
         let full_in_use = store.size_in_use_bytes().unwrap();
         let txn = store.db().begin_write().unwrap();
         txn.open_table(KV_RECORDS)
@@ -623,6 +627,7 @@ mod tests {
         let (before, after) = store.defragment().unwrap();
         assert!(after * 4 < before, "{before} -> {after} bytes");
         assert_eq!(after, store.file_size_bytes());
+        assert_eq!(after, on_disk());
         let in_use = store.size_in_use_bytes().unwrap();
         assert!(
             in_use * 4 < full_in_use && in_use <= after,

@@ -25,11 +25,15 @@
 //! write buffer), so applies meet an owed fsync only when redb evicts from
 //! that buffer or grows the file, and then they pay it, which is no worse
 //! than waiting for the checkpoint as before.
+//!
+//! The backend also keeps the file's length as redb last set it, so the
+//! write path's quota check reads an atomic instead of asking the kernel
+//! (one `statx` per request was 2 % of a leader's CPU at 64 clients).
 
 use std::fmt;
 use std::fs::File;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use redb::backends::FileBackend;
@@ -113,6 +117,8 @@ impl SyncControl {
 pub struct DeferredSyncBackend {
     file: Arc<dyn StorageBackend>,
     control: Arc<SyncControl>,
+    /// The file's length: every change to it comes through this backend.
+    len_bytes: Arc<AtomicU64>,
 }
 
 /// What the store keeps to defer and settle fsyncs.
@@ -120,6 +126,7 @@ pub struct DeferredSyncBackend {
 pub struct SyncHandle {
     file: Arc<dyn StorageBackend>,
     control: Arc<SyncControl>,
+    len_bytes: Arc<AtomicU64>,
 }
 
 impl SyncHandle {
@@ -134,22 +141,34 @@ impl SyncHandle {
     pub fn settle(&self) -> Result<(), BackendIoError> {
         self.control.settle(&*self.file)
     }
+
+    /// The database file's length, as of redb's last resize or write.
+    pub fn file_len_bytes(&self) -> u64 {
+        self.len_bytes.load(Ordering::Acquire)
+    }
 }
 
 impl DeferredSyncBackend {
     /// Wraps `file`; returns the backend for redb and the store's handle.
     pub fn new(file: File) -> Result<(Self, SyncHandle), redb::DatabaseError> {
-        Ok(Self::over(Arc::new(FileBackend::new(file)?)))
+        Ok(Self::over(Arc::new(FileBackend::new(file)?))?)
     }
 
     /// Wraps any backend (tests wrap an in-memory one that records calls).
-    fn over(file: Arc<dyn StorageBackend>) -> (Self, SyncHandle) {
+    fn over(file: Arc<dyn StorageBackend>) -> Result<(Self, SyncHandle), BackendIoError> {
         let control = Arc::new(SyncControl::default());
+        let len_bytes = Arc::new(AtomicU64::new(file.len()?));
         let handle = SyncHandle {
             file: file.clone(),
             control: control.clone(),
+            len_bytes: len_bytes.clone(),
         };
-        (DeferredSyncBackend { file, control }, handle)
+        let backend = DeferredSyncBackend {
+            file,
+            control,
+            len_bytes,
+        };
+        Ok((backend, handle))
     }
 
     /// Pays an owed fsync before anything else reaches the file.
@@ -172,7 +191,9 @@ impl StorageBackend for DeferredSyncBackend {
 
     fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
         self.before_io()?;
-        self.file.set_len(len)
+        self.file.set_len(len)?;
+        self.len_bytes.store(len, Ordering::Release);
+        Ok(())
     }
 
     fn sync_data(&self) -> Result<(), BackendIoError> {
@@ -187,7 +208,11 @@ impl StorageBackend for DeferredSyncBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
         self.before_io()?;
-        self.file.write(offset, data)
+        self.file.write(offset, data)?;
+        // A write past the end extends the file.
+        let end = offset.saturating_add(data.len() as u64);
+        self.len_bytes.fetch_max(end, Ordering::AcqRel);
+        Ok(())
     }
 
     fn close(&self) -> Result<(), BackendIoError> {
@@ -281,7 +306,7 @@ mod tests {
 
     fn open() -> (Database, SyncHandle, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());
-        let (backend, handle) = DeferredSyncBackend::over(recorder.clone());
+        let (backend, handle) = DeferredSyncBackend::over(recorder.clone()).unwrap();
         let db = Database::builder().create_with_backend(backend).unwrap();
         recorder.take();
         (db, handle, recorder)
