@@ -90,6 +90,9 @@ impl PeerChannels {
     }
 }
 
+/// A peer as its links are kept: its id and the peer URL dialled.
+type PeerKey = (NodeId, String);
+
 /// openraft's network factory.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
@@ -98,6 +101,8 @@ pub struct PeerNetwork {
     round_trip_time: Option<HistogramVec>,
     /// `witan_network_peer_append_streams_opened_total`, labelled by peer.
     append_streams_opened: Option<IntCounterVec>,
+    /// What every connection to a peer shares, by peer id and URL.
+    links: Arc<Mutex<HashMap<PeerKey, Arc<PeerLink>>>>,
 }
 
 impl PeerNetwork {
@@ -106,6 +111,7 @@ impl PeerNetwork {
             channels,
             round_trip_time: None,
             append_streams_opened: None,
+            links: Default::default(),
         }
     }
 
@@ -128,6 +134,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
         // etcd labels peers with their member id in hex.
         let to = format!("{target:x}");
+        let url = node.peer_urls.first().cloned().unwrap_or_default();
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((target, url))
+            .or_default()
+            .clone();
         PeerConnection {
             target,
             client: self.channels.client(node),
@@ -139,9 +153,59 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .append_streams_opened
                 .as_ref()
                 .map(|c| c.with_label_values(&[&to])),
-            appends: None,
-            unary_until: None,
+            link,
         }
+    }
+}
+
+/// What every connection to one peer shares. openraft opens a connection
+/// per follower for replication and a fresh one for every leadership
+/// check (a linearizable read's round of heartbeats): with a stream per
+/// connection each read round opened, and closed, a stream to every
+/// follower, which cost more than the unary calls it replaced.
+#[derive(Default)]
+struct PeerLink {
+    /// Append streams with no exchange in flight: a connection borrows one
+    /// for each exchange, and a second one opens only while the first is
+    /// busy (replication and a read round at the same time).
+    idle: Mutex<Vec<AppendStream>>,
+    /// Until when appends go as unary calls: the peer did not know the
+    /// stream (a member of an older version, during a rolling upgrade).
+    unary_until: Mutex<Option<Instant>>,
+}
+
+/// Idle streams kept per peer, at most; more were only ever needed at once.
+const MAX_IDLE_STREAMS: usize = 4;
+
+impl PeerLink {
+    /// An idle stream that is still open. Between exchanges nothing may be
+    /// waiting on a stream: anything there is its end (the peer stopped,
+    /// the connection broke), and finding it now spares an append a
+    /// failure.
+    fn take_idle(&self) -> Option<AppendStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut open) = idle.pop() {
+            if open.replies.message().now_or_never().is_none() {
+                return Some(open);
+            }
+        }
+        None
+    }
+
+    /// Gives back a stream whose last exchange ended with its reply.
+    fn put_idle(&self, open: AppendStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_STREAMS {
+            idle.push(open);
+        }
+    }
+
+    fn streams_refused_until(&self) -> Option<Instant> {
+        *self.unary_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refuse_streams_until(&self, until: Instant) {
+        *self.unary_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
     }
 }
 
@@ -151,11 +215,8 @@ pub struct PeerConnection {
     client: Result<RaftClient<Channel>, String>,
     round_trip_time: Option<Histogram>,
     append_streams_opened: Option<IntCounter>,
-    /// The stream appends go on, once opened (AppendEntriesStream).
-    appends: Option<AppendStream>,
-    /// Until when appends go as unary calls: the peer did not know the
-    /// stream (a member of an older version, during a rolling upgrade).
-    unary_until: Option<Instant>,
+    /// The peer's append streams (AppendEntriesStream), shared.
+    link: Arc<PeerLink>,
 }
 
 /// How long a peer that does not know the append stream is sent unary
@@ -218,10 +279,10 @@ impl PeerConnection {
         reply.map(tonic::Response::into_inner)
     }
 
-    /// One append on the stream, opening it first if need be.
+    /// One append on an idle stream of the peer's, opening one if none is.
     ///
-    /// The stream is taken out of `self` for the exchange and put back only
-    /// once its reply is in: a stream that failed, timed out, or whose
+    /// The stream is taken out of the link for the exchange and put back
+    /// only once its reply is in: a stream that failed, timed out, or whose
     /// exchange was cancelled (openraft drops an append that outlives the
     /// heartbeat interval) is dropped with it, and the next append opens a
     /// new one. Reusing it could pair a late reply with the next request:
@@ -237,17 +298,7 @@ impl PeerConnection {
     }
 
     async fn exchange(&mut self, message: RaftMessage) -> Result<RaftMessage, Status> {
-        // Between exchanges nothing may be waiting on the stream: anything
-        // there is its end (the peer stopped, the connection broke), and
-        // finding it now spares this append a failure.
-        let alive = self.appends.take().and_then(|mut open| {
-            open.replies
-                .message()
-                .now_or_never()
-                .is_none()
-                .then_some(open)
-        });
-        let mut open = match alive {
+        let mut open = match self.link.take_idle() {
             Some(open) => open,
             None => self.open_stream().await?,
         };
@@ -260,7 +311,7 @@ impl PeerConnection {
             .message()
             .await?
             .ok_or_else(|| Status::unavailable("the peer closed the append stream"))?;
-        self.appends = Some(open);
+        self.link.put_idle(open);
         Ok(reply)
     }
 
@@ -298,7 +349,10 @@ impl PeerConnection {
         let ttl = option.hard_ttl();
         let sent_at = Instant::now();
         let on_stream = matches!(rpc, Rpc::Append | Rpc::Heartbeat)
-            && self.unary_until.is_none_or(|until| Instant::now() >= until);
+            && self
+                .link
+                .streams_refused_until()
+                .is_none_or(|until| Instant::now() >= until);
         let reply = if on_stream {
             match self.streamed(message, ttl).await {
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
@@ -306,7 +360,8 @@ impl PeerConnection {
                         peer = self.target,
                         "peer does not know the append stream; sending it unary appends"
                     );
-                    self.unary_until = Some(Instant::now() + UNARY_RETRY_AFTER);
+                    self.link
+                        .refuse_streams_until(Instant::now() + UNARY_RETRY_AFTER);
                     // Encoded again rather than copied ahead of every
                     // append for this rare case.
                     self.unary(rpc, encode(req), ttl).await
@@ -400,6 +455,7 @@ mod tests {
     #[derive(Default)]
     struct OlderPeer {
         unary_appends: Arc<AtomicUsize>,
+        stream_asks: Arc<AtomicUsize>,
     }
 
     fn unknown<T>() -> Result<Response<T>, Status> {
@@ -425,6 +481,7 @@ mod tests {
             &self,
             _: Request<Streaming<RaftMessage>>,
         ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+            self.stream_asks.fetch_add(1, Ordering::SeqCst);
             unknown()
         }
         async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -477,6 +534,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let peer = OlderPeer::default();
         let unary_appends = peer.unary_appends.clone();
+        let stream_asks = peer.stream_asks.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(RaftServer::new(peer))
@@ -504,8 +562,24 @@ mod tests {
         }
         assert_eq!(unary_appends.load(Ordering::SeqCst), 3);
         // The stream was asked for once, refused, and not asked for again.
+        assert_eq!(stream_asks.load(Ordering::SeqCst), 1);
         assert_eq!(opened.with_label_values(&["2"]).get(), 0);
-        assert!(connection.unary_until.is_some());
+        assert!(connection.link.streams_refused_until().is_some());
+        // So does a connection opened later (openraft opens one per
+        // leadership check).
+        let mut later = network.new_client(2, &node).await;
+        let request = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        later
+            .append_entries(request, RPCOption::new(Duration::from_secs(5)))
+            .await
+            .expect("the older peer answers");
+        assert_eq!(unary_appends.load(Ordering::SeqCst), 4);
+        assert_eq!(stream_asks.load(Ordering::SeqCst), 1);
         server.abort();
     }
 }
