@@ -20,7 +20,7 @@ use crate::proto::witanpb::{
     ForwardRequest, ForwardResponse, InternalBatch, InternalRequest, InternalResponse, RaftMessage,
 };
 use crate::raft::network::PeerChannels;
-use crate::raft::types::{Batch, MemberNode, NodeId, Raft};
+use crate::raft::types::{Batch, MemberNode, NodeId, Raft, RaftMetrics};
 
 /// Talks to whoever leads.
 pub struct Committer {
@@ -72,11 +72,10 @@ impl Committer {
                 Leadership::Unknown => {}
                 known => return Ok(known),
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(EtcdError::NoLeader);
+            match raft_changed(&mut metrics, deadline).await {
+                Ok(()) => {}
+                Err(NoChange::TimedOut) => return Err(EtcdError::NoLeader),
+                Err(NoChange::Stopped) => return Err(EtcdError::Stopped),
             }
         }
     }
@@ -247,7 +246,39 @@ impl Committer {
     async fn leadership_changed(&self, deadline: tokio::time::Instant) {
         let mut metrics = self.raft.metrics();
         let pause = deadline.min(tokio::time::Instant::now() + NOT_LEADER_PAUSE);
-        let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
+        if let Err(NoChange::Stopped) = raft_changed(&mut metrics, pause).await {
+            // Nothing will change any more: pace the caller's retries.
+            tokio::time::sleep_until(pause).await;
+        }
+    }
+}
+
+/// Why a wait for Raft's metrics to change ended without a change.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoChange {
+    TimedOut,
+    /// Raft has stopped (its metrics channel is closed).
+    Stopped,
+}
+
+/// Waits until Raft's metrics change, until `deadline` at most. A closed
+/// channel (Raft stopped) is ready at once, and so is one that changes
+/// faster than it is read, and `timeout_at` never fires on a future that
+/// is always ready: a loop around `timeout_at(deadline, changed())` spun
+/// at 100 % CPU forever when Raft stopped during a leader's hand-over at
+/// shutdown. So the deadline is checked first and a closed channel ends
+/// the wait.
+pub(crate) async fn raft_changed(
+    metrics: &mut tokio::sync::watch::Receiver<RaftMetrics>,
+    deadline: tokio::time::Instant,
+) -> Result<(), NoChange> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(NoChange::TimedOut);
+    }
+    match tokio::time::timeout_at(deadline, metrics.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(NoChange::Stopped),
+        Err(_) => Err(NoChange::TimedOut),
     }
 }
 
@@ -331,6 +362,28 @@ impl ReadIndexSource for Committer {
 mod tests {
     use super::*;
     use crate::proto::witanpb::raft_client::RaftClient;
+
+    #[tokio::test]
+    async fn waiting_for_raft_ends_when_it_stops_or_the_deadline_passed() {
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let (tx, mut rx) = tokio::sync::watch::channel(RaftMetrics::new_initial(1));
+        tx.send_modify(|m| m.current_term = 2);
+        assert_eq!(raft_changed(&mut rx, far).await, Ok(()));
+        // A change is waiting, but the deadline has passed.
+        tx.send_modify(|m| m.current_term = 3);
+        let passed = tokio::time::Instant::now();
+        assert_eq!(raft_changed(&mut rx, passed).await, Err(NoChange::TimedOut));
+        // Raft stopped: the wait ends at once, not at the deadline (an
+        // hour away), and again each time it is asked.
+        rx.borrow_and_update();
+        drop(tx);
+        for _ in 0..3 {
+            let waited = tokio::time::timeout(Duration::from_secs(10), raft_changed(&mut rx, far))
+                .await
+                .expect("ends at once");
+            assert_eq!(waited, Err(NoChange::Stopped));
+        }
+    }
 
     #[tokio::test]
     async fn a_refused_connection_is_a_safe_refusal_and_other_failures_are_not() {

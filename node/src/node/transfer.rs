@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
+use super::committer::{NoChange, raft_changed};
 use super::member::Member;
 use crate::error::EtcdError;
 use crate::proto::witanpb::{CampaignRequest, HoldElectionsRequest};
@@ -111,11 +112,10 @@ impl Member {
             if caught_up {
                 break;
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(EtcdError::LeaderTransferTimeout);
+            match raft_changed(&mut metrics, deadline).await {
+                Ok(()) => {}
+                Err(NoChange::TimedOut) => return Err(EtcdError::LeaderTransferTimeout),
+                Err(NoChange::Stopped) => return Err(EtcdError::Stopped),
             }
         }
         // 2. Only the transferee campaigns.
@@ -140,11 +140,10 @@ impl Member {
             if metrics.borrow_and_update().current_leader == Some(target) {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(EtcdError::LeaderTransferTimeout);
+            match raft_changed(&mut metrics, deadline).await {
+                Ok(()) => {}
+                Err(NoChange::TimedOut) => return Err(EtcdError::LeaderTransferTimeout),
+                Err(NoChange::Stopped) => return Err(EtcdError::Stopped),
             }
         }
     }
