@@ -193,14 +193,18 @@ pub async fn start(config: Config) -> Result<RunningMember, StartError> {
         crate::auth::load(&txn)?
     };
     let auth = Arc::new(crate::auth::AuthStore::new(&config.auth, auth_state)?);
+    // The leader's own appends are not held for its fsync, so what reads
+    // commits (the state machine, followers) waits for it instead.
     let state_machine =
         StateMachine::new(store.clone(), hub.clone(), lessor.clone(), auth.clone())?
             .with_commit_histogram(metrics.backend_commit.clone());
-    let log_store = LogStore::open(&store, Some(metrics.wal_fsync.clone()))?;
+    let log_store = LogStore::open(&store, Some(metrics.wal_fsync.clone()))?.leading_as(id);
     let log = log_store.wal();
+    let state_machine = state_machine.applying_what_is_durable_in(log_store.durable());
     let network = network
         .with_round_trip_time(metrics.peer_round_trip_time.clone())
-        .with_append_streams_opened(metrics.peer_append_streams.clone());
+        .with_append_streams_opened(metrics.peer_append_streams.clone())
+        .committing_what_is_durable_in(log_store.durable());
     // Listeners first, so a port conflict fails before Raft starts.
     let peer_listeners = bind(&config.listen_peer_addrs).await?;
     let client_listeners = bind(&config.listen_client_addrs).await?;

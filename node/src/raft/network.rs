@@ -25,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::types::{MemberNode, NodeId, TypeConfig};
 use crate::proto::witanpb::RaftMessage;
 use crate::proto::witanpb::raft_client::RaftClient;
+use crate::storage::wal::durable::DurableLog;
 use crate::tls::Reloading;
 use crate::tls::connector::Connector;
 
@@ -103,6 +104,9 @@ pub struct PeerNetwork {
     append_streams_opened: Option<IntCounterVec>,
     /// What every connection to a peer shares, by peer id and URL.
     links: Arc<Mutex<HashMap<PeerKey, Arc<PeerLink>>>>,
+    /// When set, a commit index goes to followers only once this member's
+    /// log holds that entry durably (`storage::wal::durable`).
+    durable_log: Option<DurableLog>,
 }
 
 impl PeerNetwork {
@@ -112,7 +116,14 @@ impl PeerNetwork {
             round_trip_time: None,
             append_streams_opened: None,
             links: Default::default(),
+            durable_log: None,
         }
+    }
+
+    /// Tells followers a commit index only once `log` holds it durably.
+    pub fn committing_what_is_durable_in(mut self, log: DurableLog) -> Self {
+        self.durable_log = Some(log);
+        self
     }
 
     /// Times heartbeats to each peer into `histogram` (label `To`).
@@ -154,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .as_ref()
                 .map(|c| c.with_label_values(&[&to])),
             link,
+            durable_log: self.durable_log.clone(),
         }
     }
 }
@@ -217,6 +229,7 @@ pub struct PeerConnection {
     append_streams_opened: Option<IntCounter>,
     /// The peer's append streams (AppendEntriesStream), shared.
     link: Arc<PeerLink>,
+    durable_log: Option<DurableLog>,
 }
 
 /// How long a peer that does not know the append stream is sent unary
@@ -405,6 +418,20 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         } else {
             Rpc::Append
         };
+        if let (Some(log), Some(commit)) = (&self.durable_log, rpc.leader_commit) {
+            // Nearly always at once: the leader's fsync of an entry began
+            // before any follower could acknowledge it.
+            match tokio::time::timeout(option.hard_ttl(), log.wait_for(commit.index)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
+                Err(_) => {
+                    return Err(RPCError::Network(NetworkError::new(&PeerError(format!(
+                        "entry {} is not yet durable here",
+                        commit.index
+                    )))));
+                }
+            }
+        }
         self.call(kind, &rpc, &option).await
     }
 
@@ -528,24 +555,31 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_peer_without_the_append_stream_gets_unary_appends() {
+    /// Serves `peer` on a free loopback port: its node and the server task.
+    async fn serve(peer: OlderPeer) -> (MemberNode, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peer = OlderPeer::default();
-        let unary_appends = peer.unary_appends.clone();
-        let stream_asks = peer.stream_asks.clone();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
                 .add_service(RaftServer::new(peer))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let opened = IntCounterVec::new(Opts::new("opened", "streams"), &["To"]).unwrap();
-        let mut network =
-            PeerNetwork::new(PeerChannels::new(None)).with_append_streams_opened(opened.clone());
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
         let node = MemberNode {
             peer_urls: vec![format!("http://{addr}")],
         };
+        (node, server)
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_append_stream_gets_unary_appends() {
+        let peer = OlderPeer::default();
+        let unary_appends = peer.unary_appends.clone();
+        let stream_asks = peer.stream_asks.clone();
+        let (node, server) = serve(peer).await;
+        let opened = IntCounterVec::new(Opts::new("opened", "streams"), &["To"]).unwrap();
+        let mut network =
+            PeerNetwork::new(PeerChannels::new(None)).with_append_streams_opened(opened.clone());
         let mut connection = network.new_client(2, &node).await;
         for _ in 0..3 {
             let request = AppendEntriesRequest {
@@ -580,6 +614,52 @@ mod tests {
             .expect("the older peer answers");
         assert_eq!(unary_appends.load(Ordering::SeqCst), 4);
         assert_eq!(stream_asks.load(Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_commit_index_goes_out_only_once_the_leader_holds_it_durably() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+
+        use crate::raft::types::LogId;
+        use crate::storage::wal::durable::Durability;
+
+        let peer = OlderPeer::default();
+        let appends = peer.unary_appends.clone();
+        let (node, server) = serve(peer).await;
+        let at = |index| Durability {
+            upto: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            failed: false,
+        };
+        let (durable, rx) = tokio::sync::watch::channel(at(4));
+        let mut network = PeerNetwork::new(PeerChannels::new(None))
+            .committing_what_is_durable_in(DurableLog::new(rx));
+        let mut connection = network.new_client(2, &node).await;
+        let committing = |index| AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        connection
+            .append_entries(committing(4), option.clone())
+            .await
+            .expect("durable: sent at once");
+        assert_eq!(appends.load(Ordering::SeqCst), 1);
+
+        let mut early = std::pin::pin!(connection.append_entries(committing(6), option.clone()));
+        assert!(
+            early
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending()
+        );
+        assert_eq!(appends.load(Ordering::SeqCst), 1, "held back");
+        durable.send_replace(at(6));
+        early.await.expect("sent once durable");
+        assert_eq!(appends.load(Ordering::SeqCst), 2);
         server.abort();
     }
 }

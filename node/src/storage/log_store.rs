@@ -2,10 +2,16 @@
 //!
 //! An append is written at once (readable, not yet durable) and its fsync is
 //! left to a flusher thread, which makes every append that arrived meanwhile
-//! durable with one fdatasync and only then tells openraft. So the leader's
-//! own fsync runs in parallel with replication to followers, and appends
-//! that queue up share one fsync. Group commit also happens above: the
-//! proposer packs many client requests into one entry.
+//! durable with one fdatasync, so appends that queue up share one fsync.
+//! A follower's append is reported done after that fsync: its reply to the
+//! leader promises the entries are on disk. The leader's own fresh entries
+//! are reported done once written, because openraft 0.9 replicates an entry
+//! only after its leader's append is reported done, which would put the
+//! leader's fsync and the followers' one after each other; the leader's
+//! fsync runs in parallel with replication instead, and what counts as
+//! committed waits for it where it becomes visible (`wal::durable`).
+//! Group commit also happens above: the proposer packs many client
+//! requests into one entry.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -16,18 +22,25 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 use redb::ReadableTable;
 
+use super::wal::durable::DurableLog;
 use super::wal::{Wal, WalError};
 use super::{META, RAFT_LOG, Store, inline, meta_key, meta_rmp};
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+/// Tells whoever appended that the append is done, or failed.
+type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
 /// The log half of a member's storage.
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Wal>,
     /// Each append's callback goes to the flusher thread, which makes the
-    /// appends so far durable and then tells openraft. (`None` is the
-    /// planted bug's lazy sync, see below.)
-    flusher: std::sync::mpsc::Sender<Option<LogFlushed<TypeConfig>>>,
+    /// appends so far durable and then tells openraft. (`None`: an append
+    /// already reported done, which only needs its fsync.)
+    flusher: std::sync::mpsc::Sender<Option<Done>>,
+    /// This member's id, when its own appends as leader are reported done
+    /// before their fsync (see the module comment).
+    leader: Option<NodeId>,
 }
 
 impl LogStore {
@@ -56,7 +69,66 @@ impl LogStore {
                 path: dir.clone(),
                 source,
             })?;
-        Ok(LogStore { wal, flusher })
+        Ok(LogStore {
+            wal,
+            flusher,
+            leader: None,
+        })
+    }
+
+    /// Reports the appends of member `id`, while it leads, done once they
+    /// are written. Only for a member whose state machine and peer network
+    /// wait on [`LogStore::durable`], as `node::start` wires them.
+    pub fn leading_as(mut self, id: NodeId) -> Self {
+        self.leader = Some(id);
+        self
+    }
+
+    /// Waits on how far the log is durable.
+    pub fn durable(&self) -> DurableLog {
+        self.wal.durable()
+    }
+
+    /// Writes `entries` after the last one and calls `done` once they count
+    /// as appended: at once for the leader's own (see the module comment),
+    /// after their fsync otherwise.
+    fn write(&self, entries: &[Entry], done: Done) -> Result<(), WalError> {
+        match inline(|| self.wal.append(entries)) {
+            // PLANTED BUG (feature `ack-before-fsync`, robustness suite
+            // only): report the append durable at once; the records are
+            // written (and fsynced) by the next lazy sync (see `wal::planted`).
+            #[cfg(feature = "ack-before-fsync")]
+            Ok(()) => {
+                done(Ok(()));
+                let _ = self.flusher.send(None);
+                Ok(())
+            }
+            #[cfg(not(feature = "ack-before-fsync"))]
+            Ok(())
+                if self
+                    .leader
+                    .is_some_and(|me| leader_appends_own(me, self.wal.vote(), entries)) =>
+            {
+                done(Ok(()));
+                let _ = self.flusher.send(None);
+                Ok(())
+            }
+            #[cfg(not(feature = "ack-before-fsync"))]
+            Ok(()) => {
+                if let Err(unsent) = self.flusher.send(Some(done)) {
+                    // The flusher only ends when every sender is gone, so
+                    // this cannot happen while `self` exists.
+                    if let Some(done) = unsent.0 {
+                        done(Err(std::io::Error::other("log flusher stopped")));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                done(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
     }
 
     /// The log, for readers outside openraft (elections compare last log ids).
@@ -209,33 +281,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match inline(|| self.wal.append(&entries)) {
-            // PLANTED BUG (feature `ack-before-fsync`, robustness suite
-            // only): report the append durable at once; the records are
-            // written (and fsynced) by the next lazy sync (see `wal::planted`).
-            #[cfg(feature = "ack-before-fsync")]
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                let _ = self.flusher.send(None);
-                Ok(())
-            }
-            #[cfg(not(feature = "ack-before-fsync"))]
-            Ok(()) => {
-                if let Err(unsent) = self.flusher.send(Some(callback)) {
-                    // The flusher only ends when every sender is gone, so
-                    // this cannot happen while `self` exists.
-                    if let Some(callback) = unsent.0 {
-                        callback
-                            .log_io_completed(Err(std::io::Error::other("log flusher stopped")));
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(e, |e| StorageIOError::write_logs(e)))
-            }
-        }
+        let done: Done = Box::new(move |result| callback.log_io_completed(result));
+        self.write(&entries, done)
+            .map_err(|e| io_err(e, |e| StorageIOError::write_logs(e)))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -248,17 +296,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Whether `entries` are the fresh entries of member `me` leading under
+/// `vote`: a committed vote of its own, and every entry proposed under it.
+/// A follower's entries, or a former leader's replayed to it, are not.
+/// Nor is a membership change: its entry must be durable on the leader
+/// before openraft counts it committed and proposes the next step.
+fn leader_appends_own(me: NodeId, vote: Option<Vote>, entries: &[Entry]) -> bool {
+    vote.is_some_and(|v| {
+        v.committed
+            && v.leader_id.node_id == me
+            && entries.iter().all(|e| {
+                e.log_id.leader_id == v.leader_id
+                    && !matches!(e.payload, openraft::EntryPayload::Membership(_))
+            })
+    })
+}
+
 /// Makes pending appends durable: one fdatasync for everything that queued
 /// up while the previous one ran, then every waiting callback is told.
 fn flush_loop(
     wal: Arc<Wal>,
-    pending: std::sync::mpsc::Receiver<Option<LogFlushed<TypeConfig>>>,
+    pending: std::sync::mpsc::Receiver<Option<Done>>,
     fsync: Option<prometheus::Histogram>,
 ) {
     while let Ok(first) = pending.recv() {
         #[cfg(feature = "ack-before-fsync")]
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let waiting: Vec<LogFlushed<TypeConfig>> = std::iter::once(first)
+        let waiting: Vec<Done> = std::iter::once(first)
             .chain(pending.try_iter())
             .flatten()
             .collect();
@@ -269,8 +333,8 @@ fn flush_loop(
             (Ok(()), Some(fsync)) => fsync.observe(started.elapsed().as_secs_f64()),
             (Ok(()), None) => {}
         }
-        for callback in waiting {
-            callback.log_io_completed(
+        for done in waiting {
+            done(
                 result
                     .as_ref()
                     .map(|_| ())
@@ -380,5 +444,78 @@ mod tests {
         assert!(!restarted.is_committed());
         assert_eq!(restarted.leader_id().term, 7);
         assert_eq!(restarted.leader_id().voted_for(), Some(3));
+    }
+
+    fn own_entries(term: u64, node: NodeId, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(term, node), index),
+                payload: EntryPayload::Blank,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_leaders_fresh_entries_skip_waiting_for_the_fsync() {
+        let leader = Some(Vote::new_committed(3, 1));
+        assert!(leader_appends_own(1, leader, &own_entries(3, 1, 5..=6)));
+        // A follower of member 1, or a member that only asks for votes.
+        assert!(!leader_appends_own(2, leader, &own_entries(3, 1, 5..=6)));
+        assert!(!leader_appends_own(
+            1,
+            Some(Vote::new(3, 1)),
+            &own_entries(3, 1, 5..=6)
+        ));
+        assert!(!leader_appends_own(1, None, &own_entries(3, 1, 5..=6)));
+        // Its own entries of an earlier term, sent back by a later leader.
+        assert!(!leader_appends_own(1, leader, &own_entries(2, 1, 5..=6)));
+        let mut change = own_entries(3, 1, 7..=7);
+        change[0].payload = EntryPayload::Membership(openraft::Membership::new(
+            vec![[1u64].into_iter().collect()],
+            None,
+        ));
+        assert!(!leader_appends_own(1, leader, &change));
+    }
+
+    /// Appends through `write` and reports, when the append is said to be
+    /// done, whether the log then held it durably.
+    fn append_and_watch(logs: &LogStore, entries: &[Entry]) -> std::sync::mpsc::Receiver<bool> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let durable = logs.durable();
+        let last = entries.last().unwrap().log_id.index;
+        logs.write(
+            entries,
+            Box::new(move |result| {
+                result.unwrap();
+                let _ = tx.send(durable.upto().is_some_and(|d| d.index >= last));
+            }),
+        )
+        .unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_leaders_append_is_done_when_written_and_a_followers_when_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let logs = LogStore::open(&store, None).unwrap().leading_as(1);
+        let wait = std::time::Duration::from_secs(10);
+
+        // Following member 2: done only once the entries are on disk.
+        inline(|| logs.wal.save_vote(&Vote::new_committed(2, 2))).unwrap();
+        let done = append_and_watch(&logs, &own_entries(2, 2, 1..=3));
+        assert_eq!(done.recv_timeout(wait), Ok(true));
+
+        // Leading: done before `write` returns, durable a moment later.
+        inline(|| logs.wal.save_vote(&Vote::new_committed(3, 1))).unwrap();
+        let done = append_and_watch(&logs, &own_entries(3, 1, 4..=5));
+        assert!(
+            done.try_recv().is_ok(),
+            "done without waiting for the flusher"
+        );
+        tokio::time::timeout(wait, logs.durable().wait_for(5))
+            .await
+            .expect("the flusher makes it durable")
+            .unwrap();
     }
 }

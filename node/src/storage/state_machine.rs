@@ -14,6 +14,7 @@ use redb::{Durability, ReadableTable};
 use super::snapshot_file::{RaftSnapshotFile, SnapDir, TempPath};
 use super::snapshot_rows::{TableLoader, visit_rows};
 use super::snapshot_stream::{StreamError, StreamHeader, StreamReader, StreamWriter};
+use super::wal::durable::DurableLog;
 use super::{
     ALARMS, AUTH, KV_RECORDS, LEASE_KEYS, LEASES, MEMBERS, META, SNAPSHOT, Store, blocking, inline,
     meta_i64, meta_key, meta_rmp, to_rmp,
@@ -49,6 +50,10 @@ pub struct StateMachine {
     auth: Arc<AuthStore>,
     /// Times each apply transaction's commit, when set.
     commit_timer: Option<prometheus::Histogram>,
+    /// When set, an entry is applied only once the log holds it durably:
+    /// a leader's own entries can count as committed before its fsync
+    /// ended (`wal::durable`).
+    durable_log: Option<DurableLog>,
 }
 
 /// What an applied batch tells the rest of the member.
@@ -91,6 +96,7 @@ impl StateMachine {
             lessor,
             auth,
             commit_timer: None,
+            durable_log: None,
         };
         sm.drop_legacy_snapshot()?;
         let leases = sm.lease_ttls()?;
@@ -124,6 +130,12 @@ impl StateMachine {
             path: self.snap.path().to_path_buf(),
             source,
         }
+    }
+
+    /// Applies entries only once `log` holds them durably.
+    pub fn applying_what_is_durable_in(mut self, log: DurableLog) -> Self {
+        self.durable_log = Some(log);
+        self
     }
 
     /// Times each apply commit into `histogram` (etcd's backend commit).
@@ -614,6 +626,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(log), Some(last)) = (&self.durable_log, entries.last()) {
+            log.wait_for(last.log_id.index)
+                .await
+                .map_err(|e| StorageError::IO {
+                    source: StorageIOError::write_state_machine(&e),
+                })?;
+        }
         inline(|| self.apply_entries(entries)).map_err(sm_err)
     }
 
@@ -991,5 +1010,38 @@ mod tests {
         };
         assert!(empty);
         assert!(sm.current_snapshot().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_applied_only_once_the_log_holds_it_durably() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+
+        use crate::storage::wal::durable::{Durability, DurableLog};
+
+        let dir = tempfile::tempdir().unwrap();
+        let durable = |index| Durability {
+            upto: Some(log_id(index)),
+            failed: false,
+        };
+        let (tx, rx) = tokio::sync::watch::channel(durable(0));
+        let mut sm = machine(dir.path()).applying_what_is_durable_in(DurableLog::new(rx));
+        let entry = Entry {
+            log_id: log_id(1),
+            payload: EntryPayload::Normal(Batch(vec![put("k", "v", 0)])),
+        };
+        let mut applying = sm.clone();
+        let mut apply = std::pin::pin!(applying.apply(vec![entry]));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(apply.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            sm.applied_state().await.unwrap().0,
+            None,
+            "nothing applied yet"
+        );
+        tx.send_replace(durable(1));
+        let responses = apply.await.unwrap();
+        assert_eq!(responses.len(), 1);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1)));
     }
 }

@@ -19,6 +19,7 @@
 //!   it is cut off there, since the append it belonged to was never
 //!   reported durable. Anywhere else a bad record is damage: opening fails.
 
+pub mod durable;
 pub mod marker;
 pub mod record;
 pub mod segment;
@@ -31,6 +32,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::watch;
+
+use self::durable::{Durability, DurableLog};
 use self::segment::{Next, SEGMENT_BYTES, Scanner};
 use crate::raft::types::{Entry, LogId, Vote};
 
@@ -90,6 +94,9 @@ pub struct Wal {
     dir: PathBuf,
     segment_bytes: u64,
     state: Mutex<State>,
+    /// How far the log is on disk; changed only with `state` locked, so it
+    /// never names an entry a truncation removed.
+    durable: watch::Sender<Durability>,
 }
 
 impl Wal {
@@ -207,12 +214,25 @@ impl Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
             state: Mutex::new(state),
+            durable: watch::Sender::new(Durability::default()),
         };
         {
             let mut state = wal.state();
             if state.segments.is_empty() {
                 wal.start_segment(&mut state, purged.map_or(0, |p| p.index + 1))?;
             }
+            // Records written before a crash of the process, not of the
+            // machine, are still in the page cache: on disk from here on.
+            let active = state.active();
+            active
+                .file
+                .sync_data()
+                .map_err(|e| io("syncing", &active.path, e))?;
+            let upto = state.last();
+            wal.durable.send_replace(Durability {
+                upto,
+                failed: false,
+            });
         }
         Ok(wal)
     }
@@ -293,12 +313,17 @@ impl Wal {
             placed.push((entry.log_id, offset, payload.len()));
             after = Some(index);
         }
-        state.write_at_end(&pending, &mut placed)
+        state.write_at_end(&pending, &mut placed)?;
+        // PLANTED BUG (feature `ack-before-fsync`): the records count as
+        // durable at once, for whatever waits on that too.
+        #[cfg(feature = "ack-before-fsync")]
+        self.raise_durable(state.last());
+        Ok(())
     }
 
     /// Makes every append so far durable.
     pub fn sync(&self) -> Result<(), WalError> {
-        let (file, path) = {
+        let (file, path, last) = {
             #[cfg_attr(not(feature = "ack-before-fsync"), allow(unused_mut))]
             let mut state = self.state();
             #[cfg(feature = "ack-before-fsync")]
@@ -307,9 +332,34 @@ impl Wal {
                 .write_out()
                 .map_err(|e| io("appending", &self.dir, e))?;
             let active = state.active();
-            (active.file.clone(), active.path.clone())
+            (active.file.clone(), active.path.clone(), state.last())
         };
-        file.sync_data().map_err(|e| io("syncing", &path, e))
+        if let Err(e) = file.sync_data() {
+            self.durable.send_modify(|d| d.failed = true);
+            return Err(io("syncing", &path, e));
+        }
+        let state = self.state();
+        // Unless a truncation took `last` away meanwhile (a follower's log
+        // conflicting with a new leader's): then the next sync tells.
+        if last.is_some_and(|l| state.log_id_at(l.index) == Some(l)) {
+            self.raise_durable(last);
+        }
+        Ok(())
+    }
+
+    /// Waits on how far the log is durable.
+    pub fn durable(&self) -> DurableLog {
+        DurableLog::new(self.durable.subscribe())
+    }
+
+    fn raise_durable(&self, to: Option<LogId>) {
+        self.durable.send_if_modified(|d| {
+            let higher = to.map(|t| t.index) > d.upto.map(|u| u.index);
+            if higher {
+                d.upto = to;
+            }
+            higher
+        });
     }
 
     /// The entries with indexes in the range that the log holds.
@@ -389,6 +439,14 @@ impl Wal {
             .map_err(|e| io("truncating", &state.segments[keep].path, e))?;
         state.write_offset = cut_at.offset;
         state.entries.truncate(pos);
+        let last = state.last();
+        self.durable.send_if_modified(|d| {
+            let lower = d.upto.map(|u| u.index) > last.map(|l| l.index);
+            if lower {
+                d.upto = last;
+            }
+            lower
+        });
         self.remove(dropped)
     }
 
@@ -410,6 +468,8 @@ impl Wal {
         marker::write(&self.dir, PURGED, &super::to_rmp(&upto))
             .map_err(|e| io("recording the purge point", &self.dir, e))?;
         state.purged = Some(upto);
+        // The state machine holds what is purged durably.
+        self.raise_durable(Some(upto));
         while state
             .entries
             .front()
@@ -482,6 +542,13 @@ impl Wal {
 impl State {
     fn last(&self) -> Option<LogId> {
         self.entries.back().map(|l| l.log_id).or(self.purged)
+    }
+
+    /// The id of the entry at `index`, if the log holds it.
+    fn log_id_at(&self, index: u64) -> Option<LogId> {
+        let first = self.entries.front()?.log_id.index;
+        let pos = index.checked_sub(first)?;
+        self.entries.get(pos as usize).map(|l| l.log_id)
     }
 
     fn active(&self) -> &Segment {

@@ -235,3 +235,37 @@ fn the_first_entry_names_the_first_segment() {
     drop(wal);
     assert_eq!(all(&Wal::open(dir.path()).unwrap()), ids(1, 7..=8));
 }
+
+#[test]
+fn the_log_is_durable_as_far_as_its_last_sync_and_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path()).unwrap();
+    let durable = wal.durable();
+    assert_eq!(durable.upto(), None);
+    wal.append(&entries(1, 0..=4)).unwrap();
+    assert_eq!(durable.upto(), None, "written is not durable");
+    wal.sync().unwrap();
+    assert_eq!(durable.upto(), Some(id(1, 4)));
+
+    // A follower's conflicting tail goes: so does its durability.
+    wal.append(&entries(1, 5..=6)).unwrap();
+    wal.sync().unwrap();
+    wal.truncate(3).unwrap();
+    assert_eq!(durable.upto(), Some(id(1, 2)));
+    wal.append(&entries(2, 3..=3)).unwrap();
+    assert_eq!(durable.upto(), Some(id(1, 2)));
+    wal.sync().unwrap();
+    assert_eq!(durable.upto(), Some(id(2, 3)));
+
+    // What is purged is held by the state machine.
+    wal.purge(id(3, 9)).unwrap();
+    assert_eq!(durable.upto(), Some(id(3, 9)));
+    drop(wal);
+
+    // Reopened, whatever the file holds is durable.
+    let wal = Wal::open(dir.path()).unwrap();
+    wal.append(&entries(3, 10..=11)).unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path()).unwrap();
+    assert_eq!(wal.durable().upto(), Some(id(3, 11)));
+}
