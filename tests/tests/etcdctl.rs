@@ -290,8 +290,11 @@ fn watch_replays_from_a_revision_and_follows_a_prefix() {
         replay
     );
     assert_eq!(c.ctl(&["put", "w/k", "3"]), "OK\n");
+    // A live update carries its previous version too.
+    assert_eq!(c.ctl(&["put", "w/k", "4"]), "OK\n");
     let mut expected: Vec<&str> = replay.to_vec();
     expected.extend(["PUT", "w/k", "3"]);
+    expected.extend(["PUT", "w/k", "3", "w/k", "4"]);
     assert_eq!(
         watch.wait_lines(expected.len(), Duration::from_secs(15)),
         expected

@@ -4,7 +4,7 @@
 use prost::Message;
 use redb::{ReadableTable, Table};
 
-use super::index::{KeyIndex, Revision};
+use super::index::{KeyIndex, Meta, Revision};
 use super::range::KeyRange;
 use super::read::ReadView;
 use super::{KIND_DELETE, KIND_PUT, encode_history};
@@ -148,46 +148,58 @@ impl<'t> Applier<'t> {
     }
 
     fn put_unchecked(&mut self, req: &PutRequest) -> Result<PutResponse, ApplyError> {
-        let old = self.view().get_latest(&req.key)?;
+        let live = self.index.live(&req.key);
+        let prior = live.map(|(_, meta)| meta);
+        // The index knows what a put builds on; the superseded record is
+        // read only for its value. Watchers that want it read it themselves
+        // (`server::watch`), as etcd's watch stream does.
+        let mut old = match live {
+            Some((rev, _)) if req.prev_kv || req.ignore_value => Some(self.view().record(rev)?.1),
+            _ => None,
+        };
         let change = self.next_change();
         let rev = change.main;
-        let value = match (&old, req.ignore_value) {
-            (Some(old), true) => old.value.clone(),
+        let value = match old.as_mut() {
+            Some(old) if req.ignore_value && !req.prev_kv => std::mem::take(&mut old.value),
+            Some(old) if req.ignore_value => old.value.clone(),
             _ => req.value.clone(),
         };
-        let lease = match (&old, req.ignore_lease) {
-            (Some(old), true) => old.lease,
-            _ => req.lease,
+        let meta = Meta {
+            create_revision: prior.map_or(rev, |p| p.create_revision),
+            version: prior.map_or(1, |p| p.version + 1),
+            lease: match prior {
+                Some(p) if req.ignore_lease => p.lease,
+                _ => req.lease,
+            },
         };
         let kv = KeyValue {
             key: req.key.clone(),
-            create_revision: old.as_ref().map_or(rev, |o| o.create_revision),
+            create_revision: meta.create_revision,
             mod_revision: rev,
-            version: old.as_ref().map_or(1, |o| o.version + 1),
+            version: meta.version,
             value,
-            lease,
+            lease: meta.lease,
         };
         self.records
             .insert(change.table_key(), encode_history(KIND_PUT, &kv).as_slice())?;
-        self.index.push(&req.key, change, false);
-        if let Some(old) = &old
-            && old.lease != 0
-            && old.lease != lease
-        {
-            self.lease_keys.remove((old.lease, req.key.as_slice()))?;
+        self.index.push_put(&req.key, change, meta);
+        let old_lease = prior.map_or(0, |p| p.lease);
+        if old_lease != 0 && old_lease != meta.lease {
+            self.lease_keys.remove((old_lease, req.key.as_slice()))?;
         }
         // A key that stays on its lease is already listed under it.
-        if lease != 0 && old.as_ref().is_none_or(|o| o.lease != lease) {
-            self.lease_keys.insert((lease, req.key.as_slice()), ())?;
+        if meta.lease != 0 && old_lease != meta.lease {
+            self.lease_keys
+                .insert((meta.lease, req.key.as_slice()), ())?;
         }
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
-            prev_kv: old.clone(),
+            prev_kv: None,
         });
         Ok(PutResponse {
             header: None,
-            prev_kv: if req.prev_kv { old } else { None },
+            prev_kv: old.filter(|_| req.prev_kv),
         })
     }
 
@@ -202,7 +214,7 @@ impl<'t> Applier<'t> {
             change.table_key(),
             encode_history(KIND_DELETE, &tombstone).as_slice(),
         )?;
-        self.index.push(&old.key, change, true);
+        self.index.push_delete(&old.key, change);
         if old.lease != 0 {
             self.lease_keys.remove((old.lease, old.key.as_slice()))?;
         }

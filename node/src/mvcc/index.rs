@@ -50,10 +50,28 @@ impl Version {
 /// Most keys have one retained version, kept inline.
 type Versions = SmallVec<[Version; 1]>;
 
-/// Every retained version of every key, oldest first per key.
+/// What a put left of a key that the next put builds on, so that a put
+/// need not read the record it supersedes (etcd's keyIndex keeps the same:
+/// the generation's created revision and version count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// One key's retained versions, oldest first, and the newest one's meta
+/// (meaningless when the newest is a deletion).
+#[derive(Debug)]
+struct Key {
+    versions: Versions,
+    meta: Meta,
+}
+
+/// Every retained version of every key.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, Versions>,
+    keys: BTreeMap<Box<[u8]>, Key>,
 }
 
 /// The newest version with a main revision at or below `revision`, if it
@@ -69,44 +87,62 @@ impl KeyIndex {
         KeyIndex::default()
     }
 
-    /// Records a change of `key` at `rev`. Changes arrive in revision
-    /// order (apply, or a rebuild that reads `kv_records` in key order).
-    pub fn push(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
+    /// Records a put of `key` at `rev` that left it with `meta`. Changes
+    /// arrive in revision order (apply, or a rebuild that reads
+    /// `kv_records` in revision order).
+    pub fn push_put(&mut self, key: &[u8], rev: Revision, meta: Meta) {
+        self.push(key, rev, false, meta);
+    }
+
+    /// Records a deletion of `key` at `rev`.
+    pub fn push_delete(&mut self, key: &[u8], rev: Revision) {
+        self.push(key, rev, true, Meta::default());
+    }
+
+    fn push(&mut self, key: &[u8], rev: Revision, tombstone: bool, meta: Meta) {
         let version = Version {
             main: rev.main,
             sub: rev.sub,
             tombstone,
         };
         match self.keys.get_mut(key) {
-            Some(versions) => {
+            Some(entry) => {
                 debug_assert!(
-                    versions.last().is_none_or(|v| v.revision() < rev),
+                    entry.versions.last().is_none_or(|v| v.revision() < rev),
                     "index: {rev:?} is not after the key's newest version"
                 );
-                versions.push(version);
+                entry.versions.push(version);
+                entry.meta = meta;
             }
             None => {
                 let mut versions = Versions::new();
                 versions.push(version);
-                self.keys.insert(key.into(), versions);
+                self.keys.insert(key.into(), Key { versions, meta });
             }
         }
     }
 
     /// Where the current version of `key` is, if the key exists.
     pub fn latest(&self, key: &[u8]) -> Option<Revision> {
-        let newest = self.keys.get(key)?.last()?;
-        (!newest.tombstone).then(|| newest.revision())
+        self.live(key).map(|(rev, _)| rev)
+    }
+
+    /// Where the current version of `key` is and what it holds besides its
+    /// value, if the key exists.
+    pub fn live(&self, key: &[u8]) -> Option<(Revision, Meta)> {
+        let entry = self.keys.get(key)?;
+        let newest = entry.versions.last()?;
+        (!newest.tombstone).then_some((newest.revision(), entry.meta))
     }
 
     /// Where the version of `key` live at `revision` is, if any.
     pub fn at(&self, key: &[u8], revision: i64) -> Option<Revision> {
-        live_at(self.keys.get(key)?, revision)
+        live_at(&self.keys.get(key)?.versions, revision)
     }
 
     /// Where the version of `key` live just before `revision` is, if any.
     pub fn before(&self, key: &[u8], revision: i64) -> Option<Revision> {
-        live_at(self.keys.get(key)?, revision - 1)
+        live_at(&self.keys.get(key)?.versions, revision - 1)
     }
 
     /// Every key in `[lo, hi)` live at `revision`, in key order, with
@@ -128,7 +164,7 @@ impl KeyIndex {
             .then(|| self.keys.range::<[u8], _>((lo, hi)))
             .into_iter()
             .flatten()
-            .filter_map(move |(key, versions)| Some((&key[..], live_at(versions, revision)?)))
+            .filter_map(move |(key, entry)| Some((&key[..], live_at(&entry.versions, revision)?)))
     }
 
     /// Compacts at `at`: for each key, every version older than its newest
@@ -137,7 +173,7 @@ impl KeyIndex {
     /// are, for the caller to delete. Keys left without versions are gone.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
         let mut doomed = Vec::new();
-        self.keys.retain(|_, versions| {
+        self.keys.retain(|_, Key { versions, .. }| {
             let below = versions.partition_point(|v| v.main <= at);
             if below == 0 {
                 return true;
@@ -169,6 +205,14 @@ mod tests {
         Revision::new(main, 0)
     }
 
+    fn meta(create_revision: i64, version: i64) -> Meta {
+        Meta {
+            create_revision,
+            version,
+            lease: 0,
+        }
+    }
+
     fn all(index: &KeyIndex, revision: i64) -> Vec<(String, i64)> {
         index
             .range(Bound::Unbounded, Bound::Unbounded, revision)
@@ -179,11 +223,11 @@ mod tests {
     /// a@2 b@3 a@4 del b@5 c@6
     fn sample() -> KeyIndex {
         let mut index = KeyIndex::new();
-        index.push(b"a", rev(2), false);
-        index.push(b"b", rev(3), false);
-        index.push(b"a", rev(4), false);
-        index.push(b"b", rev(5), true);
-        index.push(b"c", rev(6), false);
+        index.push_put(b"a", rev(2), meta(2, 1));
+        index.push_put(b"b", rev(3), meta(3, 1));
+        index.push_put(b"a", rev(4), meta(2, 2));
+        index.push_delete(b"b", rev(5));
+        index.push_put(b"c", rev(6), meta(6, 1));
         index
     }
 
@@ -215,10 +259,30 @@ mod tests {
     }
 
     #[test]
+    fn a_live_key_tells_what_its_newest_put_left() {
+        let mut index = sample();
+        assert_eq!(index.live(b"a"), Some((rev(4), meta(2, 2))));
+        assert_eq!(index.live(b"b"), None, "deleted");
+        assert_eq!(index.live(b"zz"), None);
+        let leased = Meta {
+            lease: 7,
+            ..meta(2, 3)
+        };
+        index.push_put(b"a", rev(7), leased);
+        assert_eq!(index.live(b"a"), Some((rev(7), leased)));
+        // Compaction keeps the newest version, and with it the meta.
+        index.compact(7);
+        assert_eq!(index.live(b"a"), Some((rev(7), leased)));
+        // A put after a deletion starts afresh.
+        index.push_put(b"b", rev(8), meta(8, 1));
+        assert_eq!(index.live(b"b"), Some((rev(8), meta(8, 1))));
+    }
+
+    #[test]
     fn subs_order_changes_within_one_revision() {
         let mut index = KeyIndex::new();
-        index.push(b"x", Revision::new(7, 0), false);
-        index.push(b"y", Revision::new(7, 1), false);
+        index.push_put(b"x", Revision::new(7, 0), meta(7, 1));
+        index.push_put(b"y", Revision::new(7, 1), meta(7, 1));
         assert_eq!(index.latest(b"y"), Some(Revision::new(7, 1)));
         assert_eq!(index.at(b"y", 7), Some(Revision::new(7, 1)));
         assert_eq!(index.at(b"y", 6), None);

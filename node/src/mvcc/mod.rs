@@ -47,22 +47,41 @@ pub(crate) fn decode_history(raw: &[u8]) -> Result<(u8, KeyValue), StorageError>
     Ok((kind, kv))
 }
 
-/// A record's kind and key, without decoding the rest (rebuilding the
-/// index reads every record). prost writes fields in number order, so a
-/// key-value with a key starts with field 1; anything else is decoded whole.
-pub(crate) fn record_key(raw: &[u8]) -> Result<(u8, std::borrow::Cow<'_, [u8]>), StorageError> {
-    let (&kind, rest) = raw
+/// A record's kind, key and what the index keeps of it ([`index::Meta`]),
+/// without decoding or copying the value: rebuilding the index reads every
+/// record. Fields are read as prost would (any order, the last of a
+/// repeated scalar wins, unknown ones skipped).
+pub(crate) fn record_summary(raw: &[u8]) -> Result<(u8, &[u8], index::Meta), StorageError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let bad = |e: prost::DecodeError| StorageError::corrupt("history record", e);
+    let (&kind, mut rest) = raw
         .split_first()
         .ok_or_else(|| StorageError::corrupt("history record", "empty"))?;
-    const KEY_TAG: u8 = 0x0a; // field 1, length-delimited
-    if let Some((&KEY_TAG, mut after)) = rest.split_first()
-        && let Ok(len) = prost::encoding::decode_varint(&mut after)
-        && let Some(key) = usize::try_from(len).ok().and_then(|n| after.get(..n))
-    {
-        return Ok((kind, std::borrow::Cow::Borrowed(key)));
+    let mut key: &[u8] = &[];
+    let mut meta = index::Meta::default();
+    while !rest.is_empty() {
+        let (tag, wire_type) = decode_key(&mut rest).map_err(bad)?;
+        match (tag, wire_type) {
+            (1, WireType::LengthDelimited) => {
+                let len = decode_varint(&mut rest).map_err(bad)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&n| n <= rest.len())
+                    .ok_or_else(|| {
+                        StorageError::corrupt("history record", "the key runs past the record")
+                    })?;
+                (key, rest) = rest.split_at(len);
+            }
+            // int64 fields: a varint, two's complement.
+            (2, WireType::Varint) => {
+                meta.create_revision = decode_varint(&mut rest).map_err(bad)? as i64
+            }
+            (4, WireType::Varint) => meta.version = decode_varint(&mut rest).map_err(bad)? as i64,
+            (6, WireType::Varint) => meta.lease = decode_varint(&mut rest).map_err(bad)? as i64,
+            _ => skip_field(wire_type, tag, &mut rest, DecodeContext::default()).map_err(bad)?,
+        }
     }
-    let kv = KeyValue::decode(rest).map_err(|e| StorageError::corrupt("history record", e))?;
-    Ok((kind, std::borrow::Cow::Owned(kv.key)))
+    Ok((kind, key, meta))
 }
 
 #[cfg(test)]

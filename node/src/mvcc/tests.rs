@@ -484,28 +484,40 @@ fn watch_events_carry_prev_kv_and_order() {
 }
 
 #[test]
-fn record_key_reads_the_key_without_decoding_the_value() {
-    use super::{KIND_DELETE, KIND_PUT, encode_history, record_key};
+fn a_record_summary_reads_key_and_meta_without_the_value() {
+    use super::index::Meta;
+    use super::{KIND_DELETE, KIND_PUT, encode_history, record_summary};
     use crate::proto::mvccpb::KeyValue;
     let kv = KeyValue {
         key: b"some/key".to_vec(),
-        value: vec![7; 300],
+        create_revision: 4,
         mod_revision: 9,
-        ..Default::default()
+        version: 3,
+        value: vec![7; 300],
+        lease: -2,
     };
     let record = encode_history(KIND_PUT, &kv);
-    let (kind, key) = record_key(&record).unwrap();
-    assert_eq!((kind, &key[..]), (KIND_PUT, &b"some/key"[..]));
-    assert!(matches!(key, std::borrow::Cow::Borrowed(_)));
-    // A key-value without a key (never written, but decodable) falls back
-    // to a full decode.
-    let keyless = KeyValue {
+    let (kind, key, meta) = record_summary(&record).unwrap();
+    assert_eq!((kind, key), (KIND_PUT, &b"some/key"[..]));
+    assert_eq!(
+        meta,
+        Meta {
+            create_revision: 4,
+            version: 3,
+            lease: -2
+        }
+    );
+    // A tombstone has a key and a mod revision only.
+    let tombstone = KeyValue {
+        key: b"k".to_vec(),
         mod_revision: 3,
         ..Default::default()
     };
-    let record = encode_history(KIND_DELETE, &keyless);
-    let (kind, key) = record_key(&record).unwrap();
-    assert_eq!((kind, &key[..]), (KIND_DELETE, &b""[..]));
-    assert!(record_key(&[]).is_err());
-    assert!(record_key(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err());
+    let record = encode_history(KIND_DELETE, &tombstone);
+    let (kind, key, meta) = record_summary(&record).unwrap();
+    assert_eq!((kind, key, meta), (KIND_DELETE, &b"k"[..], Meta::default()));
+    assert!(record_summary(&[]).is_err());
+    // A key longer than the record, and a field cut short.
+    assert!(record_summary(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err());
+    assert!(record_summary(&[KIND_PUT, 0x10]).is_err());
 }

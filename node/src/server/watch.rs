@@ -114,6 +114,32 @@ impl Watcher {
     }
 }
 
+/// Reads the previous version of every put among `events` that updated a
+/// key, for a watcher that asked for it: the applied events leave it out,
+/// since most watchers do not want it and reading it would cost every put.
+/// As in etcd (`serverWatchStream.sendLoop`), a version compacted away
+/// meanwhile, or a failed read, leaves the event without it.
+fn fill_prev_kvs(member: &Member, events: &mut [Event]) {
+    let missing = |e: &Event| {
+        e.r#type == EventType::Put as i32
+            && e.prev_kv.is_none()
+            && e.kv.as_ref().is_some_and(|kv| kv.version > 1)
+    };
+    if !events.iter().any(missing) {
+        return;
+    }
+    let filled = member.read(|view| {
+        for event in events.iter_mut().filter(|e| missing(e)) {
+            let Some(kv) = &event.kv else { continue };
+            event.prev_kv = view.get_before(&kv.key, kv.mod_revision)?;
+        }
+        Ok(())
+    });
+    if let Err(err) = filled {
+        tracing::warn!(error = %err, "reading watch events' previous versions failed");
+    }
+}
+
 /// The client went away: the stream task ends.
 struct Gone;
 
@@ -306,9 +332,9 @@ impl StreamTask {
         if watcher.next_rev > upto {
             return Ok(());
         }
-        let from = watcher.next_rev;
+        let (from, with_prev) = (watcher.next_rev, watcher.prev_kv);
         let read = self.member.read(|view| {
-            Ok(match view.events(from, upto, true) {
+            Ok(match view.events(from, upto, with_prev) {
                 Ok(events) => Ok(events),
                 Err(EtcdError::Compacted) => Err(view.compact_revision),
                 Err(other) => return Err(other),
@@ -377,13 +403,16 @@ impl StreamTask {
         }
         let mut out = Vec::new();
         for (id, watcher) in self.watchers.iter_mut() {
-            let events: Vec<Event> = notice
+            let mut events: Vec<Event> = notice
                 .events
                 .iter()
                 .filter(|e| watcher.wants(e))
                 .map(|e| watcher.shape(e))
                 .collect();
             watcher.next_rev = watcher.next_rev.max(notice.revision + 1);
+            if watcher.prev_kv {
+                fill_prev_kvs(&self.member, &mut events);
+            }
             if !events.is_empty() {
                 out.push((*id, events));
             }

@@ -150,12 +150,13 @@ pub(crate) fn index_records(
     for item in records.iter()? {
         let (k, raw) = item?;
         let (revision, sub) = k.value();
-        let (kind, key) = crate::mvcc::record_key(raw.value())?;
-        index.push(
-            &key,
-            Revision::new(revision as i64, sub),
-            kind == crate::mvcc::KIND_DELETE,
-        );
+        let (kind, key, meta) = crate::mvcc::record_summary(raw.value())?;
+        let rev = Revision::new(revision as i64, sub);
+        if kind == crate::mvcc::KIND_DELETE {
+            index.push_delete(key, rev);
+        } else {
+            index.push_put(key, rev, meta);
+        }
     }
     Ok(index)
 }

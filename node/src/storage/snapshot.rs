@@ -206,7 +206,7 @@ impl SnapshotImage {
         // Records are in revision order: a key's last one decides.
         let mut live = std::collections::HashMap::new();
         for (_, _, record) in &self.records {
-            let (kind, key) = crate::mvcc::record_key(record)?;
+            let (kind, key, _) = crate::mvcc::record_summary(record)?;
             live.insert(key, kind != crate::mvcc::KIND_DELETE);
         }
         Ok(live.values().filter(|&&alive| alive).count())
