@@ -29,9 +29,9 @@ use redb::ReadableTable;
 pub use self::check::{AuthInfo, Need};
 use self::state::AuthState;
 use self::token::{JwtTokens, SimpleTokens, TokenError, TokenKind};
-use crate::client_identity::ClientCertIdentity;
 use crate::error::EtcdError;
 use crate::storage::{AUTH, StorageError};
+use crate::tls::listener::ConnInfo;
 
 /// gRPC metadata keys a token may come in (etcd's `TokenFieldNameGRPC`
 /// and `TokenFieldNameSwagger`).
@@ -74,9 +74,7 @@ impl Credentials {
             .find_map(|key| request.metadata().get(*key))
             // A token that is not text matches no token: invalid, not absent.
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let cert_common_name = request
-            .extensions()
-            .get::<ClientCertIdentity>()
+        let cert_common_name = ConnInfo::identity_of(request.extensions())
             .filter(|id| !id.common_name.is_empty())
             .map(|id| id.common_name.clone());
         Credentials {
@@ -271,6 +269,7 @@ pub fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_identity::ClientCertIdentity;
     use crate::proto::etcdserverpb::AuthUserAddRequest;
 
     fn enabled_state() -> AuthState {
@@ -292,8 +291,11 @@ mod tests {
             req.metadata_mut().insert(key, value.parse().unwrap());
         }
         if let Some(cn) = cn {
-            req.extensions_mut().insert(ClientCertIdentity {
-                common_name: cn.into(),
+            req.extensions_mut().insert(ConnInfo {
+                remote_addr: None,
+                identity: Some(ClientCertIdentity {
+                    common_name: cn.into(),
+                }),
             });
         }
         req

@@ -72,19 +72,14 @@ pub async fn serve(
     let routes = tonic::service::Routes::from(
         grpc.routes()
             .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                member.clone(),
-                learner_gate::refuse_for_learner,
-            ))
-            .merge(crate::http::router(member.clone()))
-            // The verified client certificate's CN, for auth.
-            .layer(axum::middleware::map_request(listener::copy_identity)),
+            .merge(crate::http::router(member.clone())),
     );
     let result = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         // go-grpc-prometheus' metrics, for every gRPC service on this port.
         .layer(metered::GrpcMetricsLayer::new(member.metrics.grpc.clone()))
+        .layer(learner_gate::LearnerGateLayer::new(member.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Accepted (and decrypted) connections get etcdctl's

@@ -1,9 +1,9 @@
 //! Accepted connections for tonic's servers, plain or TLS. TLS handshakes
 //! run in their own tasks (bounded in number and time) so one slow client
 //! cannot hold up the others. With client-certificate identity on, the
-//! verified certificate's CN travels with the connection and
-//! [`copy_identity`] puts it into every request's extensions as a
-//! [`ClientCertIdentity`].
+//! verified certificate's CN travels with the connection in its
+//! [`ConnInfo`], which tonic puts into every request's extensions
+//! ([`ConnInfo::identity_of`] finds it there).
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,6 +42,14 @@ pub struct Acceptor {
 pub struct ConnInfo {
     pub remote_addr: Option<SocketAddr>,
     pub identity: Option<ClientCertIdentity>,
+}
+
+impl ConnInfo {
+    /// The client certificate identity of the connection a request came
+    /// on, if it proved one.
+    pub fn identity_of(extensions: &http::Extensions) -> Option<&ClientCertIdentity> {
+        extensions.get::<ConnInfo>()?.identity.as_ref()
+    }
 }
 
 /// One accepted connection.
@@ -140,19 +148,6 @@ async fn handshake(tls: &Acceptor, tcp: TcpStream, remote: SocketAddr) -> io::Re
     Ok(Stream::tls(stream, info))
 }
 
-/// Request middleware: copies the connection's client-certificate identity
-/// (if any) into the request's extensions, where auth looks for it.
-pub async fn copy_identity(mut request: axum::extract::Request) -> axum::extract::Request {
-    let identity = request
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|info| info.identity.clone());
-    if let Some(identity) = identity {
-        request.extensions_mut().insert(identity);
-    }
-    request
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,8 +201,10 @@ mod tests {
         (server, client)
     }
 
-    async fn whoami(axum::Extension(identity): axum::Extension<ClientCertIdentity>) -> String {
-        identity.common_name
+    async fn whoami(request: axum::extract::Request) -> String {
+        ConnInfo::identity_of(request.extensions())
+            .map(|identity| identity.common_name.clone())
+            .unwrap_or_default()
     }
 
     #[tokio::test]
@@ -217,9 +214,7 @@ mod tests {
         let config = Arc::new(server::load("test", &server_files, CLIENT_ALPN).expect("server"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = axum::Router::new()
-            .route("/whoami", get(whoami))
-            .layer(axum::middleware::map_request(copy_identity));
+        let router = axum::Router::new().route("/whoami", get(whoami));
         let incoming = incoming(
             listener,
             Some(Acceptor {
