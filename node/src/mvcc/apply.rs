@@ -148,8 +148,24 @@ impl<'t> Applier<'t> {
     }
 
     fn put_unchecked(&mut self, req: &PutRequest) -> Result<PutResponse, ApplyError> {
-        let live = self.index.live(&req.key);
-        let prior = live.map(|(_, meta)| meta);
+        let change = self.next_change();
+        let rev = change.main;
+        let (live, meta) = self.index.put(&req.key, change, |live| match live {
+            Some((_, prior)) => Meta {
+                version: prior.version + 1,
+                lease: if req.ignore_lease {
+                    prior.lease
+                } else {
+                    req.lease
+                },
+                ..prior
+            },
+            None => Meta {
+                create_revision: rev,
+                version: 1,
+                lease: req.lease,
+            },
+        });
         // The index knows what a put builds on; the superseded record is
         // read only for its value. Watchers that want it read it themselves
         // (`server::watch`), as etcd's watch stream does.
@@ -157,20 +173,10 @@ impl<'t> Applier<'t> {
             Some((rev, _)) if req.prev_kv || req.ignore_value => Some(self.view().record(rev)?.1),
             _ => None,
         };
-        let change = self.next_change();
-        let rev = change.main;
         let value = match old.as_mut() {
             Some(old) if req.ignore_value && !req.prev_kv => std::mem::take(&mut old.value),
             Some(old) if req.ignore_value => old.value.clone(),
             _ => req.value.clone(),
-        };
-        let meta = Meta {
-            create_revision: prior.map_or(rev, |p| p.create_revision),
-            version: prior.map_or(1, |p| p.version + 1),
-            lease: match prior {
-                Some(p) if req.ignore_lease => p.lease,
-                _ => req.lease,
-            },
         };
         let kv = KeyValue {
             key: req.key.clone(),
@@ -182,8 +188,7 @@ impl<'t> Applier<'t> {
         };
         self.records
             .insert(change.table_key(), encode_history(KIND_PUT, &kv).as_slice())?;
-        self.index.push_put(&req.key, change, meta);
-        let old_lease = prior.map_or(0, |p| p.lease);
+        let old_lease = live.map_or(0, |(_, prior)| prior.lease);
         if old_lease != 0 && old_lease != meta.lease {
             self.lease_keys.remove((old_lease, req.key.as_slice()))?;
         }

@@ -68,6 +68,13 @@ struct Key {
     meta: Meta,
 }
 
+impl Key {
+    fn live(&self) -> Option<(Revision, Meta)> {
+        let newest = self.versions.last()?;
+        (!newest.tombstone).then_some((newest.revision(), self.meta))
+    }
+}
+
 /// Every retained version of every key.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
@@ -87,23 +94,51 @@ impl KeyIndex {
         KeyIndex::default()
     }
 
+    /// Records a put of `key` at `rev` with one search of the index (a put
+    /// is the hot path): `meta_of` is given the key's live version before
+    /// the put, if any, and returns what the new version holds. Returns
+    /// that live version and the new meta.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        meta_of: impl FnOnce(Option<(Revision, Meta)>) -> Meta,
+    ) -> (Option<(Revision, Meta)>, Meta) {
+        let version = Version {
+            main: rev.main,
+            sub: rev.sub,
+            tombstone: false,
+        };
+        if let Some(entry) = self.keys.get_mut(key) {
+            debug_assert!(
+                entry.versions.last().is_none_or(|v| v.revision() < rev),
+                "index: {rev:?} is not after the key's newest version"
+            );
+            let prior = entry.live();
+            entry.meta = meta_of(prior);
+            entry.versions.push(version);
+            return (prior, entry.meta);
+        }
+        let meta = meta_of(None);
+        let mut versions = Versions::new();
+        versions.push(version);
+        self.keys.insert(key.into(), Key { versions, meta });
+        (None, meta)
+    }
+
     /// Records a put of `key` at `rev` that left it with `meta`. Changes
     /// arrive in revision order (apply, or a rebuild that reads
     /// `kv_records` in revision order).
     pub fn push_put(&mut self, key: &[u8], rev: Revision, meta: Meta) {
-        self.push(key, rev, false, meta);
+        self.put(key, rev, |_| meta);
     }
 
     /// Records a deletion of `key` at `rev`.
     pub fn push_delete(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, rev, true, Meta::default());
-    }
-
-    fn push(&mut self, key: &[u8], rev: Revision, tombstone: bool, meta: Meta) {
         let version = Version {
             main: rev.main,
             sub: rev.sub,
-            tombstone,
+            tombstone: true,
         };
         match self.keys.get_mut(key) {
             Some(entry) => {
@@ -112,11 +147,11 @@ impl KeyIndex {
                     "index: {rev:?} is not after the key's newest version"
                 );
                 entry.versions.push(version);
-                entry.meta = meta;
             }
             None => {
                 let mut versions = Versions::new();
                 versions.push(version);
+                let meta = Meta::default();
                 self.keys.insert(key.into(), Key { versions, meta });
             }
         }
@@ -130,9 +165,7 @@ impl KeyIndex {
     /// Where the current version of `key` is and what it holds besides its
     /// value, if the key exists.
     pub fn live(&self, key: &[u8]) -> Option<(Revision, Meta)> {
-        let entry = self.keys.get(key)?;
-        let newest = entry.versions.last()?;
-        (!newest.tombstone).then_some((newest.revision(), entry.meta))
+        self.keys.get(key)?.live()
     }
 
     /// Where the version of `key` live at `revision` is, if any.
@@ -273,6 +306,23 @@ mod tests {
         // Compaction keeps the newest version, and with it the meta.
         index.compact(7);
         assert_eq!(index.live(b"a"), Some((rev(7), leased)));
+        // A put sees the live version it supersedes, once.
+        let next = |prior: Option<(Revision, Meta)>| {
+            let (_, p) = prior.expect("a is live");
+            Meta {
+                version: p.version + 1,
+                ..p
+            }
+        };
+        let (prior, now) = index.put(b"a", rev(9), next);
+        assert_eq!(prior, Some((rev(7), leased)));
+        assert_eq!(now.version, 4);
+        assert_eq!(index.live(b"a"), Some((rev(9), now)));
+        let (prior, _) = index.put(b"new", rev(10), |prior| {
+            assert_eq!(prior, None);
+            meta(10, 1)
+        });
+        assert_eq!(prior, None);
         // A put after a deletion starts afresh.
         index.push_put(b"b", rev(8), meta(8, 1));
         assert_eq!(index.live(b"b"), Some((rev(8), meta(8, 1))));
