@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod authority;
+pub mod batched_writes;
 pub mod cluster;
 pub mod kv;
 pub mod learner_gate;
@@ -83,8 +84,10 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Accepted (and decrypted) connections get etcdctl's
-            // `:authority` repaired.
-            listener::incoming(listener, tls).map(|conn| conn.map(authority::AuthorityRepair::new)),
+            // `:authority` repaired, and their writes batched.
+            listener::incoming(listener, tls).map(|conn| {
+                conn.map(|c| batched_writes::BatchedWrites::new(authority::AuthorityRepair::new(c)))
+            }),
             async move {
                 let _ = stop.changed().await;
             },
